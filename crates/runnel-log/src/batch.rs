@@ -1,0 +1,435 @@
+//! The record batch: Kafka's RecordBatch v2 layout (magic 2), which is also the on-disk
+//! format of a segment.
+//!
+//! The log treats a batch as bytes plus the 61-byte header described below. It never
+//! looks inside the records, so compressed batches pass through untouched.
+//!
+//! | offset | size | field                | notes                                         |
+//! |-------:|-----:|----------------------|-----------------------------------------------|
+//! | 0      | 8    | baseOffset           | rewritten by the log on append                |
+//! | 8      | 4    | batchLength          | bytes after this field                        |
+//! | 12     | 4    | partitionLeaderEpoch | rewritten by the log on append (always 0)     |
+//! | 16     | 1    | magic                | must be 2                                     |
+//! | 17     | 4    | crc                  | CRC-32C of bytes 21..end                      |
+//! | 21     | 2    | attributes           | bits 0-2 codec, 3 timestamp type, 4 txn, 5 control |
+//! | 23     | 4    | lastOffsetDelta      | recordCount - 1                               |
+//! | 27     | 8    | baseTimestamp        |                                               |
+//! | 35     | 8    | maxTimestamp         |                                               |
+//! | 43     | 8    | producerId           | -1 when not idempotent                        |
+//! | 51     | 2    | producerEpoch        |                                               |
+//! | 53     | 4    | baseSequence         |                                               |
+//! | 57     | 4    | recordCount          |                                               |
+//! | 61     | ...  | records              | compressed as a whole when the codec is not 0 |
+//!
+//! All integers are big-endian.
+
+use crate::error::BatchError;
+use crate::types::{Offset, TimestampMs};
+
+/// Size of the fixed batch header.
+pub const HEADER_BYTES: usize = 61;
+/// `baseOffset` plus `batchLength`: the bytes that precede what `batchLength` counts.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// The only batch format the log stores.
+pub const MAGIC_V2: u8 = 2;
+/// The leader epoch written into every stored batch. A single node never changes leader,
+/// so the epoch is constant; clients that validate offsets by epoch see a steady 0.
+pub const LEADER_EPOCH: i32 = 0;
+
+const CRC_START: usize = 21;
+
+/// A zero-copy view of a batch header. Holding one proves at least [`HEADER_BYTES`]
+/// bytes are present; it does not prove the batch is valid (see [`validate`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchHeader<'a> {
+    bytes: &'a [u8],
+}
+
+macro_rules! be_field {
+    ($name:ident, $ty:ty, $at:expr, $doc:expr) => {
+        #[doc = $doc]
+        #[must_use]
+        pub fn $name(&self) -> $ty {
+            const N: usize = std::mem::size_of::<$ty>();
+            let mut raw = [0u8; N];
+            raw.copy_from_slice(&self.bytes[$at..$at + N]);
+            <$ty>::from_be_bytes(raw)
+        }
+    };
+}
+
+impl<'a> BatchHeader<'a> {
+    /// Views the first [`HEADER_BYTES`] of `bytes` as a header.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(BatchError::Truncated {
+                needed: HEADER_BYTES as u64,
+                available: bytes.len() as u64,
+            });
+        }
+        Ok(BatchHeader { bytes })
+    }
+
+    be_field!(base_offset_raw, i64, 0, "The `baseOffset` field as stored.");
+    be_field!(
+        batch_length,
+        i32,
+        8,
+        "The `batchLength` field: bytes after it."
+    );
+    be_field!(
+        partition_leader_epoch,
+        i32,
+        12,
+        "The `partitionLeaderEpoch` field."
+    );
+    be_field!(crc, u32, 17, "The stored CRC-32C.");
+    be_field!(attributes, i16, 21, "The `attributes` bit field.");
+    be_field!(last_offset_delta, i32, 23, "The `lastOffsetDelta` field.");
+    be_field!(base_timestamp, i64, 27, "The first record's timestamp.");
+    be_field!(
+        max_timestamp,
+        i64,
+        35,
+        "The largest record timestamp in the batch."
+    );
+    be_field!(producer_id, i64, 43, "The idempotent producer id, or -1.");
+    be_field!(producer_epoch, i16, 51, "The producer epoch.");
+    be_field!(
+        base_sequence,
+        i32,
+        53,
+        "The first record's sequence number, or -1."
+    );
+    be_field!(record_count, i32, 57, "The `recordCount` field.");
+
+    /// The magic byte (format version).
+    #[must_use]
+    pub fn magic(&self) -> u8 {
+        self.bytes[16]
+    }
+
+    /// The batch's first offset, as the log assigned it.
+    #[must_use]
+    pub fn base_offset(&self) -> Offset {
+        Offset(self.base_offset_raw().max(0) as u64)
+    }
+
+    /// The batch's last offset.
+    #[must_use]
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset()
+            .plus(self.last_offset_delta().max(0) as u64)
+    }
+
+    /// The batch's whole size on disk, from the length field (not checked against data).
+    #[must_use]
+    pub fn total_bytes(&self) -> u64 {
+        (self.batch_length().max(0) as u64) + LOG_OVERHEAD_BYTES as u64
+    }
+
+    /// The compression codec: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    #[must_use]
+    pub fn compression(&self) -> u8 {
+        (self.attributes() & 0x07) as u8
+    }
+
+    /// Whether this is a control batch (transaction markers).
+    #[must_use]
+    pub fn is_control(&self) -> bool {
+        self.attributes() & 0x20 != 0
+    }
+
+    /// Whether the batch belongs to a transaction.
+    #[must_use]
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & 0x10 != 0
+    }
+
+    /// Whether the timestamps are broker append times (`LogAppendTime`).
+    #[must_use]
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes() & 0x08 != 0
+    }
+}
+
+/// What [`validate`] learned about a batch, for the caller's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Number of records in the batch.
+    pub record_count: u32,
+    /// Largest record timestamp.
+    pub max_timestamp: TimestampMs,
+    /// Total size in bytes, header included.
+    pub total_bytes: u32,
+    /// The producer id (-1 when not idempotent).
+    pub producer_id: i64,
+    /// The producer epoch.
+    pub producer_epoch: i16,
+    /// The first record's sequence number.
+    pub base_sequence: i32,
+}
+
+/// Checks that `bytes` holds exactly one well-formed v2 batch of at most `max_bytes`.
+///
+/// The checks run cheapest first: length, size limit, magic, record counts, then the
+/// CRC-32C over bytes 21..end. The offset and leader-epoch fields are not checked
+/// (the log rewrites them, and the CRC does not cover them).
+pub fn validate(bytes: &[u8], max_bytes: u32) -> Result<BatchInfo, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let length = header.batch_length();
+    if length < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 {
+        return Err(BatchError::BadLength { length });
+    }
+    let total = header.total_bytes();
+    if total > bytes.len() as u64 {
+        return Err(BatchError::Truncated {
+            needed: total,
+            available: bytes.len() as u64,
+        });
+    }
+    if total < bytes.len() as u64 {
+        return Err(BatchError::TrailingBytes {
+            batch_bytes: total,
+            given: bytes.len() as u64,
+        });
+    }
+    if total > u64::from(max_bytes) {
+        return Err(BatchError::TooLarge {
+            bytes: total,
+            max_bytes,
+        });
+    }
+    check_header(&header)?;
+    check_crc(&header, bytes)?;
+    Ok(BatchInfo {
+        record_count: header.record_count() as u32,
+        max_timestamp: header.max_timestamp(),
+        total_bytes: total as u32,
+        producer_id: header.producer_id(),
+        producer_epoch: header.producer_epoch(),
+        base_sequence: header.base_sequence(),
+    })
+}
+
+/// The header checks that need no payload: magic and record counts.
+pub(crate) fn check_header(header: &BatchHeader<'_>) -> Result<(), BatchError> {
+    if header.magic() != MAGIC_V2 {
+        return Err(BatchError::BadMagic {
+            magic: header.magic(),
+        });
+    }
+    let count = header.record_count();
+    if count <= 0 {
+        return Err(BatchError::BadRecordCount { count });
+    }
+    let delta = header.last_offset_delta();
+    if i64::from(delta) + 1 != i64::from(count) {
+        return Err(BatchError::CountMismatch {
+            last_offset_delta: delta,
+            record_count: count,
+        });
+    }
+    Ok(())
+}
+
+/// Verifies the CRC-32C of a complete batch (`bytes` is exactly the batch).
+pub(crate) fn check_crc(header: &BatchHeader<'_>, bytes: &[u8]) -> Result<(), BatchError> {
+    let actual = crc32c::crc32c(&bytes[CRC_START..]);
+    if actual != header.crc() {
+        return Err(BatchError::BadCrc {
+            stored: header.crc(),
+            computed: actual,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `base` into the `baseOffset` field and [`LEADER_EPOCH`] into
+/// `partitionLeaderEpoch`. Neither is covered by the CRC.
+pub(crate) fn rewrite_header(bytes: &mut [u8], base: Offset) {
+    bytes[0..8].copy_from_slice(&(base.0 as i64).to_be_bytes());
+    bytes[12..16].copy_from_slice(&LEADER_EPOCH.to_be_bytes());
+}
+
+/// Computes and stores the CRC of a batch whose other fields are final. Used by tests
+/// and tools that build batches; the log itself never re-computes a CRC.
+pub fn seal_crc(bytes: &mut [u8]) {
+    let crc = crc32c::crc32c(&bytes[CRC_START..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A simple, uncompressed batch builder: enough for tests, benchmarks and tools.
+///
+/// Each record is `(key, value, timestamp)`. Headers are not supported here; the broker
+/// never needs to build batches, only to store what clients send.
+#[must_use]
+pub fn build_batch(
+    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    base_timestamp: TimestampMs,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, (key, value)) in records.iter().enumerate() {
+        let mut rec = Vec::new();
+        rec.push(0u8); // attributes
+        put_varint(&mut rec, 0); // timestamp delta
+        put_varint(&mut rec, i as i64); // offset delta
+        put_bytes(&mut rec, *key);
+        put_bytes(&mut rec, *value);
+        put_varint(&mut rec, 0); // header count
+        put_varint(&mut body, rec.len() as i64);
+        body.extend_from_slice(&rec);
+    }
+    let count = records.len() as i32;
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.extend_from_slice(&0i64.to_be_bytes());
+    out.extend_from_slice(&((HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()) as i32).to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.push(MAGIC_V2);
+    out.extend_from_slice(&0u32.to_be_bytes()); // crc, sealed below
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&(count - 1).to_be_bytes());
+    out.extend_from_slice(&base_timestamp.to_be_bytes());
+    out.extend_from_slice(&base_timestamp.to_be_bytes());
+    out.extend_from_slice(&(-1i64).to_be_bytes());
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&body);
+    seal_crc(&mut out);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.push(z as u8);
+            return;
+        }
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        build_batch(&[(Some(b"k"), Some(b"v")), (None, Some(b"w"))], 1_000)
+    }
+
+    #[test]
+    fn built_batch_validates_and_reports_fields() {
+        let b = sample();
+        let info = validate(&b, 1 << 20).unwrap();
+        assert_eq!(info.record_count, 2);
+        assert_eq!(info.max_timestamp, 1_000);
+        assert_eq!(info.total_bytes as usize, b.len());
+        let h = BatchHeader::parse(&b).unwrap();
+        assert_eq!(h.magic(), 2);
+        assert_eq!(h.last_offset_delta(), 1);
+        assert_eq!(h.compression(), 0);
+        assert!(!h.is_control());
+    }
+
+    #[test]
+    fn rewrite_does_not_break_the_crc() {
+        let mut b = sample();
+        rewrite_header(&mut b, Offset(1234));
+        validate(&b, 1 << 20).unwrap();
+        let h = BatchHeader::parse(&b).unwrap();
+        assert_eq!(h.base_offset(), Offset(1234));
+        assert_eq!(h.last_offset(), Offset(1235));
+        assert_eq!(h.partition_leader_epoch(), LEADER_EPOCH);
+    }
+
+    #[test]
+    fn truncated_batch_is_rejected() {
+        let b = sample();
+        assert!(matches!(
+            validate(&b[..30], 1 << 20),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            validate(&b[..b.len() - 1], 1 << 20),
+            Err(BatchError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut b = sample();
+        b.push(0);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::TrailingBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_magic_is_rejected() {
+        let mut b = sample();
+        b[16] = 1;
+        assert_eq!(
+            validate(&b, 1 << 20),
+            Err(BatchError::BadMagic { magic: 1 })
+        );
+    }
+
+    #[test]
+    fn flipped_payload_bit_fails_the_crc() {
+        let mut b = sample();
+        let last = b.len() - 1;
+        b[last] ^= 0x10;
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::BadCrc { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_batch_is_rejected_before_the_crc() {
+        let b = sample();
+        assert!(matches!(validate(&b, 10), Err(BatchError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn negative_and_mismatched_counts_are_rejected() {
+        let mut b = sample();
+        b[57..61].copy_from_slice(&(-3i32).to_be_bytes());
+        seal_crc(&mut b);
+        assert_eq!(
+            validate(&b, 1 << 20),
+            Err(BatchError::BadRecordCount { count: -3 })
+        );
+        let mut b = sample();
+        b[23..27].copy_from_slice(&5i32.to_be_bytes());
+        seal_crc(&mut b);
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::CountMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn nonsense_length_is_rejected() {
+        let mut b = sample();
+        b[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::BadLength { .. })
+        ));
+    }
+}

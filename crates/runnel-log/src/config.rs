@@ -1,0 +1,368 @@
+//! Configuration: per-topic settings with a broker-wide default, and the limits.
+//!
+//! Topic settings use Kafka's names (`retention.ms`, `segment.bytes`, ...) so that
+//! DescribeConfigs and the CLI speak the language Kafka users know. Runnel's own setting,
+//! the durability policy, is `runnel.durability`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Largest batch a topic accepts by default: Kafka's `message.max.bytes` (1 MiB plus
+/// the 12-byte log overhead). Larger batches get `BatchError::TooLarge`.
+pub const MAX_MESSAGE_BYTES_DEFAULT: u32 = 1_048_588;
+/// The ceiling for `max.message.bytes`: a batch must fit a fetch response and the
+/// broker's frame limit with room to spare.
+pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 64 << 20;
+/// Segment size at which a new segment starts, by default (Kafka's 1 GiB).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
+/// Largest allowed `segment.bytes`. Index entries store positions as `u32`, so a segment
+/// plus one batch must stay below 4 GiB.
+pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
+/// Smallest allowed `segment.bytes`: tiny segments are useful in tests, nonsense below.
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+/// Bytes of data between two sparse index entries (Kafka's `index.interval.bytes`).
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+/// Open handles kept for closed segments; active segments are always open. Past this,
+/// the least recently read handle is closed.
+pub const OPEN_SEGMENT_FILES_MAX_DEFAULT: usize = 1024;
+/// Most partitions a topic may have.
+pub const PARTITIONS_MAX: u32 = 10_000;
+/// Longest legal topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+const _: () = assert!(SEGMENT_BYTES_LIMIT + MAX_MESSAGE_BYTES_LIMIT as u64 <= u32::MAX as u64);
+const _: () = assert!(MAX_MESSAGE_BYTES_DEFAULT <= MAX_MESSAGE_BYTES_LIMIT);
+
+/// When an appended batch is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// An append returns only after its data is fsynced. Appends that arrive while an
+    /// fsync runs share the next one (group commit).
+    #[default]
+    Always,
+    /// Data is fsynced at least this often, by a background thread. A crash may lose
+    /// up to this much acknowledged data.
+    Interval(Duration),
+    /// The OS decides when data reaches the disk. A crash may lose anything unsynced.
+    Never,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+            Durability::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "never" => Ok(Durability::Never),
+            _ => {
+                let ms = s
+                    .strip_prefix("interval:")
+                    .ok_or("expected always, interval:MS or never")?;
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| "interval:MS needs a whole number of milliseconds")?;
+                if ms == 0 {
+                    return Err("interval must be at least 1 ms".into());
+                }
+                Ok(Durability::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+/// What happens to old data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Whole segments are deleted by age and size.
+    #[default]
+    Delete,
+    /// Only the latest record per key is kept (the cleaner lands with compaction).
+    Compact,
+    /// Both.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether retention deletes segments.
+    #[must_use]
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        })
+    }
+}
+
+impl FromStr for CleanupPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        match parts.as_slice() {
+            ["delete"] => Ok(CleanupPolicy::Delete),
+            ["compact"] => Ok(CleanupPolicy::Compact),
+            ["compact", "delete"] => Ok(CleanupPolicy::CompactDelete),
+            _ => Err("expected delete, compact or compact,delete".into()),
+        }
+    }
+}
+
+/// Settings of one topic. Every field has a broker-wide default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// `runnel.durability`: when appends are fsynced.
+    pub durability: Durability,
+    /// `retention.ms`: segments whose newest record is older are deleted. `None` keeps
+    /// data forever (Kafka's -1).
+    pub retention_ms: Option<u64>,
+    /// `retention.bytes`: oldest segments are deleted while the partition is larger.
+    /// `None` means no size limit (Kafka's -1, the default).
+    pub retention_bytes: Option<u64>,
+    /// `segment.bytes`: a segment this large is closed and a new one started.
+    pub segment_bytes: u64,
+    /// `segment.ms`: a segment this old is closed at the next append, so retention can
+    /// delete it even on quiet topics.
+    pub segment_ms: u64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: u32,
+    /// `index.interval.bytes`: data bytes between sparse index entries.
+    pub index_interval_bytes: u32,
+    /// `cleanup.policy`.
+    pub cleanup_policy: CleanupPolicy,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            durability: Durability::Always,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
+            index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
+            cleanup_policy: CleanupPolicy::Delete,
+        }
+    }
+}
+
+/// The keys [`TopicConfig::set`] understands, in a stable order.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "index.interval.bytes",
+    "max.message.bytes",
+    "retention.bytes",
+    "retention.ms",
+    "runnel.durability",
+    "segment.bytes",
+    "segment.ms",
+];
+
+fn bad(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_in<T: FromStr + PartialOrd + fmt::Display>(
+    key: &str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v: T = value
+        .trim()
+        .parse()
+        .map_err(|_| bad(key, value, "not a whole number"))?;
+    if v < min || v > max {
+        return Err(bad(key, value, format!("must be between {min} and {max}")));
+    }
+    Ok(v)
+}
+
+/// Kafka writes "no limit" as -1.
+fn parse_limit(key: &str, value: &str) -> Result<Option<u64>, ConfigError> {
+    if value.trim() == "-1" {
+        return Ok(None);
+    }
+    parse_in(key, value, 0u64, i64::MAX as u64).map(Some)
+}
+
+fn show_limit(v: Option<u64>) -> String {
+    v.map_or_else(|| "-1".to_string(), |v| v.to_string())
+}
+
+impl TopicConfig {
+    /// Sets one setting by its Kafka name, validating the value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "runnel.durability" => {
+                self.durability = value.parse().map_err(|e: String| bad(key, value, e))?;
+            }
+            "retention.ms" => self.retention_ms = parse_limit(key, value)?,
+            "retention.bytes" => self.retention_bytes = parse_limit(key, value)?,
+            "segment.bytes" => {
+                self.segment_bytes = parse_in(key, value, SEGMENT_BYTES_MIN, SEGMENT_BYTES_LIMIT)?;
+            }
+            "segment.ms" => self.segment_ms = parse_in(key, value, 1, i64::MAX as u64)?,
+            "max.message.bytes" => {
+                self.max_message_bytes = parse_in(key, value, 64, MAX_MESSAGE_BYTES_LIMIT)?;
+            }
+            "index.interval.bytes" => {
+                self.index_interval_bytes = parse_in(key, value, 0, 1 << 30)?;
+            }
+            "cleanup.policy" => {
+                self.cleanup_policy = value.parse().map_err(|e: String| bad(key, value, e))?;
+            }
+            _ => return Err(bad(key, value, "unknown topic config key")),
+        }
+        Ok(())
+    }
+
+    /// Reads one setting by its Kafka name.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "runnel.durability" => self.durability.to_string(),
+            "retention.ms" => show_limit(self.retention_ms),
+            "retention.bytes" => show_limit(self.retention_bytes),
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            "cleanup.policy" => self.cleanup_policy.to_string(),
+            _ => return None,
+        })
+    }
+
+    /// Every setting as `(key, value)`, in [`TOPIC_CONFIG_KEYS`] order.
+    #[must_use]
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        TOPIC_CONFIG_KEYS
+            .iter()
+            .map(|k| (*k, self.get(k).expect("every listed key is known")))
+            .collect()
+    }
+}
+
+/// Settings of the whole log.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Where topics live.
+    pub data_dir: PathBuf,
+    /// Defaults for topics created without explicit settings.
+    pub topic_defaults: TopicConfig,
+    /// Handles kept open for closed segments (see [`OPEN_SEGMENT_FILES_MAX_DEFAULT`]).
+    pub open_segment_files_max: usize,
+    /// How often the background thread runs retention. Kafka's
+    /// `log.retention.check.interval.ms` defaults to 5 minutes.
+    pub retention_check_interval: Duration,
+    /// Whether to start the background thread (interval flushes, retention). Tests that
+    /// drive time by hand turn it off and call the maintenance methods themselves.
+    pub background: bool,
+}
+
+impl LogConfig {
+    /// Defaults, with data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        LogConfig {
+            data_dir: data_dir.into(),
+            topic_defaults: TopicConfig::default(),
+            open_segment_files_max: OPEN_SEGMENT_FILES_MAX_DEFAULT,
+            retention_check_interval: Duration::from_secs(300),
+            background: true,
+        }
+    }
+}
+
+/// Checks a topic name: `[a-zA-Z0-9._-]`, 1 to 249 characters, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("the name is empty");
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err("the name is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("'.' and '..' are not allowed");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_parses_and_prints() {
+        for s in ["always", "never", "interval:250"] {
+            let d: Durability = s.parse().unwrap();
+            assert_eq!(d.to_string(), s);
+        }
+        assert!("interval:0".parse::<Durability>().is_err());
+        assert!("sometimes".parse::<Durability>().is_err());
+    }
+
+    #[test]
+    fn every_key_round_trips() {
+        let mut c = TopicConfig::default();
+        c.set("retention.ms", "-1").unwrap();
+        c.set("segment.bytes", "4096").unwrap();
+        c.set("cleanup.policy", "delete,compact").unwrap();
+        c.set("runnel.durability", "never").unwrap();
+        let mut d = TopicConfig::default();
+        for (k, v) in c.entries() {
+            d.set(k, &v).unwrap();
+        }
+        assert_eq!(c, d);
+        assert_eq!(d.cleanup_policy, CleanupPolicy::CompactDelete);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut c = TopicConfig::default();
+        let e = c.set("segment.bytes", "12").unwrap_err();
+        assert_eq!(e.key, "segment.bytes");
+        assert!(e.to_string().contains("between"));
+        assert!(c.set("no.such.key", "1").is_err());
+        assert!(c.set("retention.ms", "soon").is_err());
+        assert_eq!(c, TopicConfig::default());
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_x-2").is_ok());
+        for bad in ["", ".", "..", "a/b", "spaces no", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,892 @@
+//! One partition: an ordered list of segments, the last of which takes appends.
+//!
+//! Concurrency: appends serialize on the partition's state lock (that is what orders
+//! them) but fsync outside it. Durable appends then meet in [`Partition::sync_to`]: the
+//! first waiter syncs the active segment on behalf of everyone who wrote before it
+//! started, and the others wait on a condition variable. Appends that arrive while an
+//! fsync runs share the next one. That is group commit.
+//!
+//! Visibility: readers see offsets below the high watermark. With `always` durability
+//! the watermark moves only after an fsync, so no reader ever sees data a crash could
+//! take back; with `interval` and `never` it moves right after the write.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+use crate::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::clock::Clock;
+use crate::config::{Durability, TopicConfig};
+use crate::error::{LogError, Result};
+use crate::files::FileCache;
+use crate::io::{OpenMode, Storage, StorageFile};
+use crate::segment::{self, ChunkReader, SegmentStats};
+use crate::types::{Offset, PartitionId, TimestampMs};
+
+/// Largest amount one read fetches from disk at once, whatever the caller asks for.
+pub const READ_BYTES_MAX: usize = 64 << 20;
+/// The scratch buffer for appends keeps its capacity up to this size between appends.
+const SCRATCH_KEEP_BYTES: usize = 4 << 20;
+/// Name of the per-partition recovery checkpoint (see [`crate::recovery`]).
+pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point";
+/// Name of the per-partition log-start checkpoint, written by `delete_records`.
+pub(crate) const LOG_START_FILE: &str = "log-start-offset";
+
+/// What the log shares with every partition.
+#[derive(Debug)]
+pub(crate) struct Env {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) files: FileCache,
+    pub(crate) recovery_events: Mutex<Vec<crate::recovery::RecoveryEvent>>,
+}
+
+impl Env {
+    pub(crate) fn record(&self, event: crate::recovery::RecoveryEvent) {
+        lock(&self.recovery_events).push(event);
+    }
+}
+
+/// A segment as the partition holds it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) stats: SegmentStats,
+    /// The open data file while this is the active segment; closed segments are read
+    /// through the [`FileCache`], which bounds open handles.
+    pub(crate) active_file: Option<Arc<dyn StorageFile>>,
+    /// When the segment was opened, for `segment.ms`.
+    pub(crate) created_ms: TimestampMs,
+}
+
+impl Segment {
+    /// Creates the empty data file of a new segment and makes its name durable.
+    pub(crate) fn create(env: &Env, dir: &Path, base: Offset) -> Result<Segment> {
+        let path = segment::log_path(dir, base);
+        let file = env
+            .storage
+            .open(&path, OpenMode::CreateNew)
+            .map_err(|e| LogError::io("create segment", &path, e))?;
+        env.storage
+            .sync_dir(dir)
+            .map_err(|e| LogError::io("sync directory", dir, e))?;
+        Ok(Segment {
+            stats: SegmentStats::empty(base),
+            active_file: Some(file),
+            created_ms: env.clock.now_ms(),
+        })
+    }
+
+    fn file(&self, env: &Env, dir: &Path) -> Result<Arc<dyn StorageFile>> {
+        match &self.active_file {
+            Some(f) => Ok(f.clone()),
+            None => {
+                let path = segment::log_path(dir, self.stats.base);
+                env.files
+                    .get(&*env.storage, &path)
+                    .map_err(|e| LogError::io("open segment", &path, e))
+            }
+        }
+    }
+}
+
+/// The result of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset assigned to the batch's first record.
+    pub base_offset: Offset,
+    /// Offset of the batch's last record.
+    pub last_offset: Offset,
+    /// The partition's log start offset after the append.
+    pub log_start_offset: Offset,
+}
+
+/// The result of a read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole batches, back to back, starting with the batch that contains the requested
+    /// offset. Empty when the offset equals the high watermark.
+    pub bytes: Vec<u8>,
+    /// One past the last readable offset when the read began.
+    pub high_watermark: Offset,
+    /// First offset in the log when the read began.
+    pub log_start_offset: Offset,
+}
+
+/// Where a batch is, as returned by [`Partition::offset_for_timestamp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// The batch's first offset.
+    pub base_offset: Offset,
+    /// The batch's last offset.
+    pub last_offset: Offset,
+    /// The batch's largest timestamp.
+    pub max_timestamp: TimestampMs,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Never empty; the last one takes appends.
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) log_start: Offset,
+    pub(crate) deleted: bool,
+    scratch: Vec<u8>,
+}
+
+impl State {
+    pub(crate) fn new(segments: Vec<Segment>, log_start: Offset) -> Self {
+        assert!(
+            !segments.is_empty(),
+            "a partition always has an active segment"
+        );
+        State {
+            segments,
+            log_start,
+            deleted: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("never empty")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("never empty")
+    }
+
+    pub(crate) fn log_end(&self) -> Offset {
+        self.active().stats.next_offset
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.stats.size).sum()
+    }
+
+    /// Index of the segment holding `offset`, skipping gaps between segments.
+    fn segment_for(&self, offset: Offset) -> Option<usize> {
+        let i = self
+            .segments
+            .partition_point(|s| s.stats.base <= offset)
+            .checked_sub(1)?;
+        if offset < self.segments[i].stats.next_offset {
+            Some(i)
+        } else {
+            (i + 1 < self.segments.len()).then_some(i + 1)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Everything below this offset is on disk.
+    durable: Offset,
+    /// Someone is running an fsync (or a truncation) right now.
+    busy: bool,
+    last_sync_ms: TimestampMs,
+}
+
+/// A partition of a topic. Shared by `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Partition {
+    topic: Arc<str>,
+    id: PartitionId,
+    dir: PathBuf,
+    env: Arc<Env>,
+    config: Arc<RwLock<TopicConfig>>,
+    state: Mutex<State>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    poison: OnceLock<String>,
+    hwm: watch::Sender<Offset>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a partition lock is a bug that already surfaced; the data
+    // the lock guards stays consistent because every update is completed before unlock.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Partition {
+    pub(crate) fn from_parts(
+        topic: Arc<str>,
+        id: PartitionId,
+        dir: PathBuf,
+        env: Arc<Env>,
+        config: Arc<RwLock<TopicConfig>>,
+        state: State,
+    ) -> Partition {
+        let end = state.log_end();
+        Partition {
+            topic,
+            id,
+            dir,
+            config,
+            sync: Mutex::new(SyncState {
+                durable: end,
+                busy: false,
+                last_sync_ms: env.clock.now_ms(),
+            }),
+            env,
+            state: Mutex::new(state),
+            synced: Condvar::new(),
+            poison: OnceLock::new(),
+            hwm: watch::Sender::new(end),
+        }
+    }
+
+    /// The topic's name.
+    #[must_use]
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// This partition's index.
+    #[must_use]
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    /// The first offset still in the log.
+    #[must_use]
+    pub fn log_start_offset(&self) -> Offset {
+        lock(&self.state).log_start
+    }
+
+    /// One past the last offset readers may see.
+    #[must_use]
+    pub fn high_watermark(&self) -> Offset {
+        *self.hwm.borrow()
+    }
+
+    /// One past the last offset written (it may not be durable yet).
+    #[must_use]
+    pub fn log_end_offset(&self) -> Offset {
+        lock(&self.state).log_end()
+    }
+
+    /// Bytes of data on disk.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        lock(&self.state).size_bytes()
+    }
+
+    /// Number of segments.
+    #[must_use]
+    pub fn segment_count(&self) -> usize {
+        lock(&self.state).segments.len()
+    }
+
+    /// A receiver that wakes whenever the high watermark moves (or the partition is
+    /// deleted). Long-poll fetches wait on it; it costs nothing while idle.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<Offset> {
+        self.hwm.subscribe()
+    }
+
+    /// Whether the partition's topic was deleted.
+    #[must_use]
+    pub fn is_deleted(&self) -> bool {
+        lock(&self.state).deleted
+    }
+
+    /// The reason writes are refused, if a sync or write failed.
+    #[must_use]
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poison.get().map(String::as_str)
+    }
+
+    fn config(&self) -> TopicConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn check_writable(&self, st: &State) -> Result<()> {
+        if st.deleted {
+            return Err(LogError::UnknownTopic(self.topic.to_string()));
+        }
+        self.check_poison()
+    }
+
+    fn poison_with(&self, op: &'static str, path: &Path, e: std::io::Error) -> LogError {
+        let cause = format!("{op} {}: {e}", path.display());
+        error!(topic = %self.topic, partition = self.id.0, %cause, "partition refuses writes from now on");
+        let _ = self.poison.set(cause);
+        LogError::io(op, path, e)
+    }
+
+    /// Appends one batch (RecordBatch v2 bytes) and returns the offsets it got.
+    ///
+    /// The batch is validated first; an invalid batch leaves the log unchanged. The log
+    /// rewrites `baseOffset` and `partitionLeaderEpoch`, which the CRC does not cover.
+    /// With `always` durability this returns only after the batch is fsynced.
+    pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
+        let cfg = self.config();
+        let records = u64::from(batch::validate(batch, cfg.max_message_bytes)?.record_count);
+        let info = {
+            let mut st = lock(&self.state);
+            self.check_writable(&st)?;
+            let now = self.env.clock.now_ms();
+            if self.should_roll(&st, batch.len() as u64, records, now, &cfg) {
+                self.roll(&mut st)?;
+            }
+            let base = st.log_end();
+            let mut scratch = std::mem::take(&mut st.scratch);
+            scratch.clear();
+            scratch.extend_from_slice(batch);
+            batch::rewrite_header(&mut scratch, base);
+            let written = self.write_batch(&mut st, &scratch, cfg.index_interval_bytes);
+            if scratch.capacity() <= SCRATCH_KEEP_BYTES {
+                st.scratch = scratch;
+            }
+            written?;
+            if cfg.durability != Durability::Always {
+                self.publish(st.log_end());
+            }
+            AppendInfo {
+                base_offset: base,
+                last_offset: base.plus(records - 1),
+                log_start_offset: st.log_start,
+            }
+        };
+        if cfg.durability == Durability::Always {
+            self.sync_to(info.last_offset.plus(1))?;
+        }
+        Ok(info)
+    }
+
+    fn should_roll(
+        &self,
+        st: &State,
+        bytes: u64,
+        records: u64,
+        now: TimestampMs,
+        cfg: &TopicConfig,
+    ) -> bool {
+        let active = st.active();
+        let stats = &active.stats;
+        if stats.size == 0 {
+            return false;
+        }
+        let too_big = stats.size + bytes > cfg.segment_bytes;
+        let too_old = now.saturating_sub(active.created_ms) >= cfg.segment_ms as i64;
+        // Index entries hold offsets relative to the base as u32.
+        let offsets_full = stats.next_offset.0 + records - stats.base.0 > u64::from(u32::MAX);
+        too_big || too_old || offsets_full
+    }
+
+    fn write_batch(&self, st: &mut State, bytes: &[u8], index_interval_bytes: u32) -> Result<()> {
+        let active = st.active_mut();
+        let file = active
+            .active_file
+            .clone()
+            .expect("the active segment is open");
+        let pos = active.stats.size;
+        if let Err(e) = file.write_all_at(bytes, pos) {
+            let path = segment::log_path(&self.dir, active.stats.base);
+            // Take back whatever part of the batch reached the file. If even that
+            // fails, the file's tail is unknown: stop writing.
+            if let Err(e2) = file.set_len(pos) {
+                return Err(self.poison_with("truncate after failed write", &path, e2));
+            }
+            warn!(topic = %self.topic, partition = self.id.0, error = %e, "append failed; nothing was written");
+            return Err(LogError::io("write", path, e));
+        }
+        let header = BatchHeader::parse(bytes).expect("validated");
+        active.stats.record(&header, index_interval_bytes);
+        Ok(())
+    }
+
+    /// Closes the active segment and opens a new one at the log end.
+    fn roll(&self, st: &mut State) -> Result<()> {
+        let storage = &*self.env.storage;
+        let old_base = st.active().stats.base;
+        let old_file = st.active().active_file.clone().expect("active is open");
+        // The old segment must be durable before anything relies on the new one:
+        // later syncs only cover the active file.
+        if let Err(e) = old_file.sync_data() {
+            return Err(self.poison_with("sync", &segment::log_path(&self.dir, old_base), e));
+        }
+        let new_base = st.log_end();
+        let next = Segment::create(&self.env, &self.dir, new_base)?;
+        let old = st.active_mut();
+        old.stats.seal();
+        if let Err(e) = old.stats.write_indexes(storage, &self.dir) {
+            warn!(topic = %self.topic, partition = self.id.0, error = %e, "could not write index files; they will be rebuilt on open");
+        }
+        old.active_file = None;
+        st.segments.push(next);
+        if let Err(e) = self.write_checkpoint(RECOVERY_POINT_FILE, new_base) {
+            warn!(topic = %self.topic, partition = self.id.0, error = %e, "could not write the recovery point; recovery will scan more");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_checkpoint(&self, name: &str, offset: Offset) -> std::io::Result<()> {
+        let mut bytes = offset.0.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
+        self.env.storage.write_atomic(&self.dir.join(name), &bytes)
+    }
+
+    /// Raises the high watermark to `hwm` (it never moves down here).
+    fn publish(&self, hwm: Offset) {
+        self.hwm.send_if_modified(|h| {
+            let moved = hwm > *h;
+            if moved {
+                *h = hwm;
+            }
+            moved
+        });
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match self.poison.get() {
+            Some(cause) => Err(LogError::Poisoned {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks until every offset below `target` is durable, running the fsync itself if
+    /// nobody else is.
+    fn sync_to(&self, target: Offset) -> Result<()> {
+        let mut s = lock(&self.sync);
+        loop {
+            if s.durable >= target {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if s.busy {
+                s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            s.busy = true;
+            drop(s);
+            let (file, upto, base) = {
+                let st = lock(&self.state);
+                let a = st.active();
+                (
+                    a.active_file.clone().expect("active is open"),
+                    st.log_end(),
+                    a.stats.base,
+                )
+            };
+            let result = file.sync_data();
+            s = lock(&self.sync);
+            s.busy = false;
+            self.synced.notify_all();
+            match result {
+                Ok(()) => {
+                    s.last_sync_ms = self.env.clock.now_ms();
+                    if upto > s.durable {
+                        s.durable = upto;
+                        self.publish(upto);
+                    }
+                }
+                Err(e) => {
+                    return Err(self.poison_with("sync", &segment::log_path(&self.dir, base), e));
+                }
+            }
+        }
+    }
+
+    /// Makes everything written so far durable, whatever the durability policy.
+    pub fn flush(&self) -> Result<()> {
+        let end = self.log_end_offset();
+        self.sync_to(end)
+    }
+
+    /// For `interval` durability: flushes when the interval has passed since the last
+    /// sync and there is unsynced data. The log's background thread calls this.
+    pub fn flush_if_due(&self, now: TimestampMs) -> Result<()> {
+        let Durability::Interval(every) = self.config().durability else {
+            return Ok(());
+        };
+        let end = self.log_end_offset();
+        let due = {
+            let s = lock(&self.sync);
+            s.durable < end && now.saturating_sub(s.last_sync_ms) >= every.as_millis() as i64
+        };
+        if due { self.sync_to(end) } else { Ok(()) }
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up to
+    /// `max_bytes` in total, but always at least one batch even if it is larger.
+    /// Every batch's CRC is checked; a corrupt batch is never returned.
+    pub fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadResult> {
+        let hwm = self.high_watermark();
+        let (file, path, start_pos, len, log_start) = {
+            let st = lock(&self.state);
+            if st.deleted {
+                return Err(LogError::UnknownTopic(self.topic.to_string()));
+            }
+            let out_of_range = LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: st.log_start,
+                high_watermark: hwm,
+            };
+            if offset < st.log_start || offset > hwm {
+                return Err(out_of_range);
+            }
+            let empty = ReadResult {
+                bytes: Vec::new(),
+                high_watermark: hwm,
+                log_start_offset: st.log_start,
+            };
+            let Some(i) = st.segment_for(offset).filter(|_| offset < hwm) else {
+                return Ok(empty);
+            };
+            let seg = &st.segments[i];
+            let rel = offset.0.saturating_sub(seg.stats.base.0);
+            let start = seg.stats.index.floor(rel).map_or(0, |(_, p)| u64::from(p));
+            let path = segment::log_path(&self.dir, seg.stats.base);
+            (
+                seg.file(&self.env, &self.dir)?,
+                path,
+                start,
+                seg.stats.size,
+                st.log_start,
+            )
+        };
+        let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
+        let bytes = read_batches(&*file, &path, len, start_pos, offset, hwm, max_bytes)?;
+        Ok(ReadResult {
+            bytes,
+            high_watermark: hwm,
+            log_start_offset: log_start,
+        })
+    }
+
+    /// The first batch whose max timestamp is `>= ts`, among readable batches.
+    pub fn offset_for_timestamp(&self, ts: TimestampMs) -> Result<Option<BatchSummary>> {
+        let hwm = self.high_watermark();
+        let mut i = 0;
+        loop {
+            let (file, path, start_pos, start_offset, len) = {
+                let st = lock(&self.state);
+                let found = st.segments[i.min(st.segments.len())..]
+                    .iter()
+                    .position(|s| s.stats.max_timestamp >= ts && s.stats.base < hwm);
+                let Some(k) = found else {
+                    return Ok(None);
+                };
+                i += k;
+                let seg = &st.segments[i];
+                let end_rel = seg.stats.next_offset.0 - seg.stats.base.0;
+                let Some(rel) = seg.stats.time_index.scan_start(ts, end_rel) else {
+                    i += 1;
+                    continue;
+                };
+                let start = seg.stats.index.floor(rel).map_or(0, |(_, p)| u64::from(p));
+                let path = segment::log_path(&self.dir, seg.stats.base);
+                let start_offset = seg.stats.base.plus(rel).max(st.log_start);
+                (
+                    seg.file(&self.env, &self.dir)?,
+                    path,
+                    start,
+                    start_offset,
+                    seg.stats.size,
+                )
+            };
+            let mut reader = ChunkReader::new(&*file, len, 64 << 10);
+            let mut pos = start_pos;
+            while let Some(head) = reader
+                .get(pos, HEADER_BYTES)
+                .map_err(|e| LogError::io("read", &path, e))?
+            {
+                let h = BatchHeader::parse(head).expect("length checked");
+                if h.base_offset() >= hwm {
+                    return Ok(None);
+                }
+                if h.last_offset() >= start_offset && h.max_timestamp() >= ts {
+                    return Ok(Some(BatchSummary {
+                        base_offset: h.base_offset(),
+                        last_offset: h.last_offset(),
+                        max_timestamp: h.max_timestamp(),
+                    }));
+                }
+                if h.total_bytes() < HEADER_BYTES as u64 {
+                    return Err(corrupt(&path, pos, "bad batch length".into()));
+                }
+                pos += h.total_bytes();
+            }
+            i += 1;
+        }
+    }
+
+    /// Deletes old segments by `retention.ms` and `retention.bytes`, and segments wholly
+    /// below the log start offset. The active segment is rolled first when it alone has
+    /// expired, so quiet topics still shrink. Returns the number of segments deleted.
+    pub fn apply_retention(&self, now: TimestampMs) -> Result<usize> {
+        let cfg = self.config();
+        let mut st = lock(&self.state);
+        if st.deleted || self.poison.get().is_some() {
+            return Ok(0);
+        }
+        let expired = |s: &SegmentStats| {
+            cfg.cleanup_policy.deletes()
+                && s.size > 0
+                && cfg
+                    .retention_ms
+                    .is_some_and(|r| s.max_timestamp < now.saturating_sub(r as i64))
+        };
+        if expired(&st.active().stats) {
+            self.roll(&mut st)?;
+        }
+        let mut total = st.size_bytes();
+        let mut deleted = 0;
+        while st.segments.len() > 1 {
+            let first = &st.segments[0].stats;
+            let over_size = cfg.cleanup_policy.deletes()
+                && cfg.retention_bytes.is_some_and(|r| total - first.size >= r);
+            let below_start = first.next_offset <= st.log_start;
+            if !(expired(first) || over_size || below_start) {
+                break;
+            }
+            total -= first.size;
+            let seg = st.segments.remove(0);
+            self.remove_segment_files(seg.stats.base)?;
+            st.log_start = st.log_start.max(st.segments[0].stats.base);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    fn remove_segment_files(&self, base: Offset) -> Result<()> {
+        let storage = &*self.env.storage;
+        let log = segment::log_path(&self.dir, base);
+        self.env.files.forget(&log);
+        storage
+            .remove_file(&log)
+            .map_err(|e| LogError::io("delete segment", &log, e))?;
+        for p in [
+            segment::index_path(&self.dir, base),
+            segment::time_index_path(&self.dir, base),
+        ] {
+            if storage.exists(&p) {
+                storage
+                    .remove_file(&p)
+                    .map_err(|e| LogError::io("delete index", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the log start offset up to `before` (Kafka's DeleteRecords), deleting
+    /// segments that fall wholly below it. Returns the new log start offset.
+    pub fn delete_records(&self, before: Offset) -> Result<Offset> {
+        let hwm = self.high_watermark();
+        {
+            let mut st = lock(&self.state);
+            self.check_writable(&st)?;
+            if before > hwm {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: before,
+                    log_start: st.log_start,
+                    high_watermark: hwm,
+                });
+            }
+            if before <= st.log_start {
+                return Ok(st.log_start);
+            }
+            self.write_checkpoint(LOG_START_FILE, before)
+                .map_err(|e| LogError::io("write", self.dir.join(LOG_START_FILE), e))?;
+            st.log_start = before;
+        }
+        self.apply_retention(TimestampMs::MIN)?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Removes every batch at and after `offset`. When `offset` falls inside a batch,
+    /// that whole batch goes too. The new log end is returned. Durable before it returns.
+    pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
+        // Hold off syncs, so none publishes a watermark from before the cut.
+        {
+            let mut s = lock(&self.sync);
+            while s.busy {
+                s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            s.busy = true;
+        }
+        let result = self.truncate_locked(offset);
+        let mut s = lock(&self.sync);
+        s.busy = false;
+        if let Ok(end) = result {
+            s.durable = s.durable.min(end);
+        }
+        self.synced.notify_all();
+        result
+    }
+
+    fn truncate_locked(&self, offset: Offset) -> Result<Offset> {
+        let mut st = lock(&self.state);
+        self.check_writable(&st)?;
+        if offset >= st.log_end() {
+            return Ok(st.log_end());
+        }
+        if offset < st.log_start {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: st.log_start,
+                high_watermark: self.high_watermark(),
+            });
+        }
+        let i = st.segment_for(offset).expect("offset is below the log end");
+        while st.segments.len() > i + 1 {
+            let seg = st.segments.pop().expect("len checked");
+            self.remove_segment_files(seg.stats.base)?;
+        }
+        let dir = self.dir.clone();
+        let seg = st.active_mut();
+        let path = segment::log_path(&dir, seg.stats.base);
+        let file = match seg.active_file.clone() {
+            Some(f) => f,
+            None => self
+                .env
+                .storage
+                .open(&path, OpenMode::ReadWrite)
+                .map_err(|e| LogError::io("open segment", &path, e))?,
+        };
+        let (kept, _) = segment::scan_until(
+            &*file,
+            seg.stats.base,
+            self.config().index_interval_bytes,
+            offset,
+        )
+        .map_err(|e| LogError::io("read", &path, e))?;
+        file.set_len(kept.size)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| self.poison_with("truncate", &path, e))?;
+        self.env.files.forget(&path);
+        for p in [
+            segment::index_path(&dir, seg.stats.base),
+            segment::time_index_path(&dir, seg.stats.base),
+        ] {
+            if self.env.storage.exists(&p) {
+                let _ = self.env.storage.remove_file(&p);
+            }
+        }
+        seg.stats = kept;
+        seg.active_file = Some(file);
+        let end = st.log_end();
+        let base = st.active().stats.base;
+        self.write_checkpoint(RECOVERY_POINT_FILE, base)
+            .map_err(|e| LogError::io("write", dir.join(RECOVERY_POINT_FILE), e))?;
+        st.log_start = st.log_start.min(end);
+        self.hwm.send_modify(|h| *h = (*h).min(end));
+        Ok(end)
+    }
+
+    /// Syncs the active segment and writes its indexes, for a clean shutdown.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.check_poison()?;
+        self.flush()?;
+        let mut st = lock(&self.state);
+        let seg = st.active_mut();
+        seg.stats.seal();
+        seg.stats
+            .write_indexes(&*self.env.storage, &self.dir)
+            .map_err(|e| LogError::io("write index", &self.dir, e))
+    }
+
+    /// Marks the partition deleted: appends and reads fail, and waiters wake up.
+    pub(crate) fn mark_deleted(&self) {
+        let mut st = lock(&self.state);
+        st.deleted = true;
+        for s in &st.segments {
+            self.env
+                .files
+                .forget(&segment::log_path(&self.dir, s.stats.base));
+        }
+        drop(st);
+        self.hwm.send_modify(|_| {});
+    }
+}
+
+fn corrupt(path: &Path, position: u64, reason: String) -> LogError {
+    LogError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason,
+    }
+}
+
+/// The read path: skip to the batch holding `offset`, then take whole, CRC-checked
+/// batches below `hwm` up to `max_bytes` (at least one).
+fn read_batches(
+    file: &dyn StorageFile,
+    path: &Path,
+    len: u64,
+    start_pos: u64,
+    offset: Offset,
+    hwm: Offset,
+    max_bytes: usize,
+) -> Result<Vec<u8>> {
+    let io_err = |e| LogError::io("read", path, e);
+    let mut reader = ChunkReader::new(
+        file,
+        len,
+        max_bytes.saturating_add(64 << 10).min(READ_BYTES_MAX),
+    );
+    let mut pos = start_pos;
+    loop {
+        let Some(head) = reader.get(pos, HEADER_BYTES).map_err(io_err)? else {
+            return Ok(Vec::new());
+        };
+        let h = BatchHeader::parse(head).expect("length checked");
+        if h.last_offset() >= offset {
+            break;
+        }
+        if h.total_bytes() < HEADER_BYTES as u64 {
+            return Err(corrupt(
+                path,
+                pos,
+                format!("bad batch length {}", h.batch_length()),
+            ));
+        }
+        pos += h.total_bytes();
+    }
+    let mut out = Vec::new();
+    loop {
+        let Some(head) = reader.get(pos, HEADER_BYTES).map_err(io_err)? else {
+            break;
+        };
+        let h = BatchHeader::parse(head).expect("length checked");
+        if h.base_offset() >= hwm {
+            break;
+        }
+        let total = h.total_bytes() as usize;
+        if !out.is_empty() && out.len() + total > max_bytes {
+            break;
+        }
+        let checked = match reader.get(pos, total.max(HEADER_BYTES)).map_err(io_err)? {
+            None => Err("batch extends past the end of the segment".to_string()),
+            Some(bytes) => {
+                let h = BatchHeader::parse(bytes).expect("length checked");
+                batch::check_header(&h)
+                    .and_then(|()| batch::check_crc(&h, &bytes[..total]))
+                    .map(|()| bytes)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match checked {
+            Ok(bytes) => out.extend_from_slice(&bytes[..total]),
+            Err(reason) if out.is_empty() => return Err(corrupt(path, pos, reason)),
+            Err(reason) => {
+                error!(path = %path.display(), position = pos, %reason, "corrupt batch; serving only the batches before it");
+                break;
+            }
+        }
+        pos += total as u64;
+        if out.len() >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
