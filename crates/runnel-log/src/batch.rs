@@ -259,15 +259,15 @@ pub fn seal_crc(bytes: &mut [u8]) {
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// One record for [`build_batch`]: an optional key and an optional value (None is null).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// A simple, uncompressed batch builder: enough for tests, benchmarks and tools.
 ///
 /// Each record is `(key, value, timestamp)`. Headers are not supported here; the broker
 /// never needs to build batches, only to store what clients send.
 #[must_use]
-pub fn build_batch(
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
-    base_timestamp: TimestampMs,
-) -> Vec<u8> {
+pub fn build_batch(records: &[KeyValue<'_>], base_timestamp: TimestampMs) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut rec = Vec::new();

@@ -639,14 +639,24 @@ impl Partition {
         if expired(&st.active().stats) {
             self.roll(&mut st)?;
         }
+        let over_size = |total: u64, s: &SegmentStats| {
+            cfg.cleanup_policy.deletes() && cfg.retention_bytes.is_some_and(|r| total - s.size >= r)
+        };
+        self.remove_leading_segments(&mut st, |total, s| expired(s) || over_size(total, s))
+    }
+
+    /// Deletes closed segments from the front while `doomed(total bytes, segment)` says
+    /// so, or while they lie wholly below the log start offset. Advances the log start.
+    fn remove_leading_segments(
+        &self,
+        st: &mut State,
+        doomed: impl Fn(u64, &SegmentStats) -> bool,
+    ) -> Result<usize> {
         let mut total = st.size_bytes();
         let mut deleted = 0;
         while st.segments.len() > 1 {
             let first = &st.segments[0].stats;
-            let over_size = cfg.cleanup_policy.deletes()
-                && cfg.retention_bytes.is_some_and(|r| total - first.size >= r);
-            let below_start = first.next_offset <= st.log_start;
-            if !(expired(first) || over_size || below_start) {
+            if !(first.next_offset <= st.log_start || doomed(total, first)) {
                 break;
             }
             total -= first.size;
@@ -682,25 +692,22 @@ impl Partition {
     /// segments that fall wholly below it. Returns the new log start offset.
     pub fn delete_records(&self, before: Offset) -> Result<Offset> {
         let hwm = self.high_watermark();
-        {
-            let mut st = lock(&self.state);
-            self.check_writable(&st)?;
-            if before > hwm {
-                return Err(LogError::OffsetOutOfRange {
-                    requested: before,
-                    log_start: st.log_start,
-                    high_watermark: hwm,
-                });
-            }
-            if before <= st.log_start {
-                return Ok(st.log_start);
-            }
+        let mut st = lock(&self.state);
+        self.check_writable(&st)?;
+        if before > hwm {
+            return Err(LogError::OffsetOutOfRange {
+                requested: before,
+                log_start: st.log_start,
+                high_watermark: hwm,
+            });
+        }
+        if before > st.log_start {
             self.write_checkpoint(LOG_START_FILE, before)
                 .map_err(|e| LogError::io("write", self.dir.join(LOG_START_FILE), e))?;
             st.log_start = before;
+            self.remove_leading_segments(&mut st, |_, _| false)?;
         }
-        self.apply_retention(TimestampMs::MIN)?;
-        Ok(self.log_start_offset())
+        Ok(st.log_start)
     }
 
     /// Removes every batch at and after `offset`. When `offset` falls inside a batch,
@@ -738,6 +745,16 @@ impl Partition {
             });
         }
         let i = st.segment_for(offset).expect("offset is below the log end");
+        let cut = batch_containing(&self.env, &self.dir, &st.segments[i], offset)?;
+        if cut < st.log_start {
+            // Cutting the batch that straddles the log start would end the log before it
+            // starts, and bring back records below the start.
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start: st.log_start,
+                high_watermark: self.high_watermark(),
+            });
+        }
         while st.segments.len() > i + 1 {
             let seg = st.segments.pop().expect("len checked");
             self.remove_segment_files(seg.stats.base)?;
@@ -778,7 +795,7 @@ impl Partition {
         let base = st.active().stats.base;
         self.write_checkpoint(RECOVERY_POINT_FILE, base)
             .map_err(|e| LogError::io("write", dir.join(RECOVERY_POINT_FILE), e))?;
-        st.log_start = st.log_start.min(end);
+        debug_assert!(st.log_start <= end);
         self.hwm.send_modify(|h| *h = (*h).min(end));
         Ok(end)
     }
@@ -807,6 +824,29 @@ impl Partition {
         drop(st);
         self.hwm.send_modify(|_| {});
     }
+}
+
+/// The base offset of the batch in `seg` that holds `offset`.
+fn batch_containing(env: &Env, dir: &Path, seg: &Segment, offset: Offset) -> Result<Offset> {
+    let path = segment::log_path(dir, seg.stats.base);
+    let file = seg.file(env, dir)?;
+    let rel = offset.0 - seg.stats.base.0;
+    let mut pos = seg.stats.index.floor(rel).map_or(0, |(_, p)| u64::from(p));
+    let mut reader = ChunkReader::new(&*file, seg.stats.size, 64 << 10);
+    while let Some(head) = reader
+        .get(pos, HEADER_BYTES)
+        .map_err(|e| LogError::io("read", &path, e))?
+    {
+        let h = BatchHeader::parse(head).expect("length checked");
+        if h.last_offset() >= offset {
+            return Ok(h.base_offset());
+        }
+        if h.total_bytes() < HEADER_BYTES as u64 {
+            return Err(corrupt(&path, pos, "bad batch length".into()));
+        }
+        pos += h.total_bytes();
+    }
+    Ok(seg.stats.next_offset)
 }
 
 fn corrupt(path: &Path, position: u64, reason: String) -> LogError {
@@ -853,10 +893,7 @@ fn read_batches(
         pos += h.total_bytes();
     }
     let mut out = Vec::new();
-    loop {
-        let Some(head) = reader.get(pos, HEADER_BYTES).map_err(io_err)? else {
-            break;
-        };
+    while let Some(head) = reader.get(pos, HEADER_BYTES).map_err(io_err)? {
         let h = BatchHeader::parse(head).expect("length checked");
         if h.base_offset() >= hwm {
             break;

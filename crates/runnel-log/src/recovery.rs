@@ -139,12 +139,12 @@ impl Partition {
         let mut rebuilt = Vec::new();
         for (k, &base) in bases.iter().enumerate() {
             let path = segment::log_path(dir, base);
-            if let Some(prev) = segments.last() {
-                if base < prev.stats.next_offset {
-                    warn!(path = %path.display(), "segment overlaps the one before it; deleting it and all later segments");
-                    remove_segments(&env, dir, &bases[k..]);
-                    break;
-                }
+            if let Some(prev) = segments.last()
+                && base < prev.stats.next_offset
+            {
+                warn!(path = %path.display(), "segment overlaps the one before it; deleting it and all later segments");
+                remove_segments(&env, dir, &bases[k..]);
+                break;
             }
             let file = storage
                 .open(&path, OpenMode::ReadWrite)
@@ -260,10 +260,10 @@ fn remove_segments(env: &Env, dir: &Path, bases: &[Offset]) {
             segment::index_path(dir, b),
             segment::time_index_path(dir, b),
         ] {
-            if env.storage.exists(&p) {
-                if let Err(e) = env.storage.remove_file(&p) {
-                    warn!(path = %p.display(), error = %e, "could not delete");
-                }
+            if env.storage.exists(&p)
+                && let Err(e) = env.storage.remove_file(&p)
+            {
+                warn!(path = %p.display(), error = %e, "could not delete");
             }
         }
     }

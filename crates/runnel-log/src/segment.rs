@@ -84,7 +84,7 @@ impl OffsetIndex {
     }
 
     fn decode(bytes: &[u8], file_len: u64) -> Option<Self> {
-        if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) {
             return None;
         }
         let mut index = OffsetIndex::default();
@@ -141,7 +141,7 @@ impl TimeIndex {
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % TIME_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
             return None;
         }
         let mut index = TimeIndex::default();
@@ -390,7 +390,9 @@ pub(crate) fn load_indexed(
         next_offset: base.plus(u64::from(start_rel)),
         index,
         time_index,
-        bytes_since_index: u64::MAX,
+        // Force the replayed first batch to be indexed again, as it was; the first
+        // batch of a segment never is.
+        bytes_since_index: if start_pos > 0 { u64::MAX } else { 0 },
         max_timestamp: ts_max,
     };
     stats.index.truncate_from_position(start_pos);

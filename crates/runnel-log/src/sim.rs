@@ -238,6 +238,11 @@ impl SimStorage {
         img.current = bytes;
     }
 
+    /// Deletes a file, durably.
+    pub fn remove_file_for_test(&self, path: &Path) {
+        lock(&self.tree).files.remove(path);
+    }
+
     /// Flips one bit of a file, durably.
     pub fn flip_bit(&self, path: &Path, byte: usize, bit: u8) {
         let mut bytes = self.file_bytes(path).expect("file exists");
