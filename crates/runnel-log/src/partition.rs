@@ -102,6 +102,30 @@ pub struct AppendInfo {
     pub log_start_offset: Offset,
 }
 
+/// A batch that is written and has its offsets but may not be durable yet.
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only after `wait`"]
+pub struct Pending<'a> {
+    partition: &'a Partition,
+    info: AppendInfo,
+    needs_sync: bool,
+}
+
+impl Pending<'_> {
+    /// The offsets the batch got.
+    pub fn info(&self) -> AppendInfo {
+        self.info
+    }
+
+    /// Blocks until the batch is durable as the topic's durability policy requires.
+    pub fn wait(self) -> Result<AppendInfo> {
+        if self.needs_sync {
+            self.partition.sync_to(self.info.last_offset.plus(1))?;
+        }
+        Ok(self.info)
+    }
+}
+
 /// The result of a read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadResult {
@@ -324,38 +348,46 @@ impl Partition {
     /// rewrites `baseOffset` and `partitionLeaderEpoch`, which the CRC does not cover.
     /// With `always` durability this returns only after the batch is fsynced.
     pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
+        self.append_deferred(batch)?.wait()
+    }
+
+    /// Like [`Partition::append`], but returns once the batch is written and ordered,
+    /// before it is durable. The caller finishes with [`Pending::wait`], which is where the
+    /// fsync (shared with other appenders) happens under `always` durability. Callers that
+    /// must keep state in step with the log order (idempotent producer state) update it
+    /// between the two steps.
+    pub fn append_deferred(&self, batch: &[u8]) -> Result<Pending<'_>> {
         let cfg = self.config();
         let records = u64::from(batch::validate(batch, cfg.max_message_bytes)?.record_count);
-        let info = {
-            let mut st = lock(&self.state);
-            self.check_writable(&st)?;
-            let now = self.env.clock.now_ms();
-            if self.should_roll(&st, batch.len() as u64, records, now, &cfg) {
-                self.roll(&mut st)?;
-            }
-            let base = st.log_end();
-            let mut scratch = std::mem::take(&mut st.scratch);
-            scratch.clear();
-            scratch.extend_from_slice(batch);
-            batch::rewrite_header(&mut scratch, base);
-            let written = self.write_batch(&mut st, &scratch, cfg.index_interval_bytes);
-            if scratch.capacity() <= SCRATCH_KEEP_BYTES {
-                st.scratch = scratch;
-            }
-            written?;
-            if cfg.durability != Durability::Always {
-                self.publish(st.log_end());
-            }
-            AppendInfo {
+        let mut st = lock(&self.state);
+        self.check_writable(&st)?;
+        let now = self.env.clock.now_ms();
+        if self.should_roll(&st, batch.len() as u64, records, now, &cfg) {
+            self.roll(&mut st)?;
+        }
+        let base = st.log_end();
+        let mut scratch = std::mem::take(&mut st.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(batch);
+        batch::rewrite_header(&mut scratch, base);
+        let written = self.write_batch(&mut st, &scratch, cfg.index_interval_bytes);
+        if scratch.capacity() <= SCRATCH_KEEP_BYTES {
+            st.scratch = scratch;
+        }
+        written?;
+        let needs_sync = cfg.durability == Durability::Always;
+        if !needs_sync {
+            self.publish(st.log_end());
+        }
+        Ok(Pending {
+            partition: self,
+            info: AppendInfo {
                 base_offset: base,
                 last_offset: base.plus(records - 1),
                 log_start_offset: st.log_start,
-            }
-        };
-        if cfg.durability == Durability::Always {
-            self.sync_to(info.last_offset.plus(1))?;
-        }
-        Ok(info)
+            },
+            needs_sync,
+        })
     }
 
     fn should_roll(
@@ -520,27 +552,40 @@ impl Partition {
     /// `max_bytes` in total, but always at least one batch even if it is larger.
     /// Every batch's CRC is checked; a corrupt batch is never returned.
     pub fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadResult> {
+        let mut bytes = Vec::new();
+        let (high_watermark, log_start_offset) = self.read_into(offset, max_bytes, &mut bytes)?;
+        Ok(ReadResult {
+            bytes,
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// [`Partition::read`] into a caller's buffer, which is cleared first. A consumer
+    /// that reuses one buffer reads without allocating. Returns the high watermark and
+    /// the log start offset as of the read.
+    pub fn read_into(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(Offset, Offset)> {
+        out.clear();
         let hwm = self.high_watermark();
         let (file, path, start_pos, len, log_start) = {
             let st = lock(&self.state);
             if st.deleted {
                 return Err(LogError::UnknownTopic(self.topic.to_string()));
             }
-            let out_of_range = LogError::OffsetOutOfRange {
-                requested: offset,
-                log_start: st.log_start,
-                high_watermark: hwm,
-            };
             if offset < st.log_start || offset > hwm {
-                return Err(out_of_range);
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: st.log_start,
+                    high_watermark: hwm,
+                });
             }
-            let empty = ReadResult {
-                bytes: Vec::new(),
-                high_watermark: hwm,
-                log_start_offset: st.log_start,
-            };
             let Some(i) = st.segment_for(offset).filter(|_| offset < hwm) else {
-                return Ok(empty);
+                return Ok((hwm, st.log_start));
             };
             let seg = &st.segments[i];
             let rel = offset.0.saturating_sub(seg.stats.base.0);
@@ -555,12 +600,8 @@ impl Partition {
             )
         };
         let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
-        let bytes = read_batches(&*file, &path, len, start_pos, offset, hwm, max_bytes)?;
-        Ok(ReadResult {
-            bytes,
-            high_watermark: hwm,
-            log_start_offset: log_start,
-        })
+        read_batches(&*file, &path, len, start_pos, offset, hwm, max_bytes, out)?;
+        Ok((hwm, log_start))
     }
 
     /// The first batch whose max timestamp is `>= ts`, among readable batches.
@@ -618,6 +659,112 @@ impl Partition {
             }
             i += 1;
         }
+    }
+
+    /// The batch with the largest max timestamp (the first such, if several), among
+    /// readable batches. Kafka's ListOffsets `MAX_TIMESTAMP` (-3) starts from it.
+    pub fn max_timestamp_batch(&self) -> Result<Option<BatchSummary>> {
+        let hwm = self.high_watermark();
+        let (file, path, len, target, base) = {
+            let st = lock(&self.state);
+            let best = st
+                .segments
+                .iter()
+                .filter(|s| s.stats.size > 0 && s.stats.base < hwm)
+                .max_by_key(|s| (s.stats.max_timestamp, std::cmp::Reverse(s.stats.base)));
+            let Some(seg) = best else {
+                return Ok(None);
+            };
+            let path = segment::log_path(&self.dir, seg.stats.base);
+            (
+                seg.file(&self.env, &self.dir)?,
+                path,
+                seg.stats.size,
+                seg.stats.max_timestamp,
+                seg.stats.base,
+            )
+        };
+        let mut found = None;
+        self.walk_headers(&*file, &path, len, 0, |h| {
+            if h.base_offset() >= hwm {
+                return false;
+            }
+            if h.max_timestamp() == target && h.base_offset() >= base {
+                found = Some(BatchSummary {
+                    base_offset: h.base_offset(),
+                    last_offset: h.last_offset(),
+                    max_timestamp: h.max_timestamp(),
+                });
+                return false;
+            }
+            true
+        })?;
+        Ok(found)
+    }
+
+    /// Calls `f` with the header of every readable batch in the last `segments` segments,
+    /// oldest first, until it returns `false`. Used to rebuild state kept beside the log
+    /// (idempotent producer sequences) after a restart, without reading payloads.
+    pub fn for_each_recent_header(
+        &self,
+        segments: usize,
+        mut f: impl FnMut(&BatchHeader<'_>) -> bool,
+    ) -> Result<()> {
+        let hwm = self.high_watermark();
+        let recent: Vec<(Arc<dyn StorageFile>, PathBuf, u64)> = {
+            let st = lock(&self.state);
+            let from = st.segments.len().saturating_sub(segments);
+            st.segments[from..]
+                .iter()
+                .map(|s| {
+                    Ok((
+                        s.file(&self.env, &self.dir)?,
+                        segment::log_path(&self.dir, s.stats.base),
+                        s.stats.size,
+                    ))
+                })
+                .collect::<Result<_>>()?
+        };
+        for (file, path, len) in recent {
+            let mut go_on = true;
+            self.walk_headers(&*file, &path, len, 0, |h| {
+                go_on = h.base_offset() < hwm && f(h);
+                go_on
+            })?;
+            if !go_on {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_headers(
+        &self,
+        file: &dyn StorageFile,
+        path: &Path,
+        len: u64,
+        mut pos: u64,
+        mut f: impl FnMut(&BatchHeader<'_>) -> bool,
+    ) -> Result<()> {
+        let mut reader = ChunkReader::new(file, len, 64 << 10);
+        while let Some(head) = reader
+            .get(pos, HEADER_BYTES)
+            .map_err(|e| LogError::io("read", path, e))?
+        {
+            let h = BatchHeader::parse(head).expect("length checked");
+            if h.total_bytes() < HEADER_BYTES as u64 {
+                return Err(corrupt(
+                    path,
+                    pos,
+                    format!("bad batch length {}", h.batch_length()),
+                ));
+            }
+            if !f(&h) {
+                break;
+            }
+            pos += h.total_bytes();
+        }
+        Ok(())
     }
 
     /// Deletes old segments by `retention.ms` and `retention.bytes`, and segments wholly
@@ -857,73 +1004,70 @@ fn corrupt(path: &Path, position: u64, reason: String) -> LogError {
     }
 }
 
-/// The read path: skip to the batch holding `offset`, then take whole, CRC-checked
-/// batches below `hwm` up to `max_bytes` (at least one).
+/// The read path: skip to the batch holding `offset` (header reads only), then one
+/// read of whole batches straight into `out`, checked in place and cut to the last
+/// whole, valid batch below `hwm`.
+#[allow(clippy::too_many_arguments)]
 fn read_batches(
     file: &dyn StorageFile,
     path: &Path,
     len: u64,
-    start_pos: u64,
+    mut pos: u64,
     offset: Offset,
     hwm: Offset,
     max_bytes: usize,
-) -> Result<Vec<u8>> {
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let io_err = |e| LogError::io("read", path, e);
-    let mut reader = ChunkReader::new(
-        file,
-        len,
-        max_bytes.saturating_add(64 << 10).min(READ_BYTES_MAX),
-    );
-    let mut pos = start_pos;
-    loop {
-        let Some(head) = reader.get(pos, HEADER_BYTES).map_err(io_err)? else {
-            return Ok(Vec::new());
-        };
-        let h = BatchHeader::parse(head).expect("length checked");
-        if h.last_offset() >= offset {
-            break;
+    let mut head = [0u8; HEADER_BYTES];
+    let first_total = loop {
+        if pos + HEADER_BYTES as u64 > len {
+            return Ok(());
         }
-        if h.total_bytes() < HEADER_BYTES as u64 {
+        file.read_exact_at(&mut head, pos).map_err(io_err)?;
+        let h = BatchHeader::parse(&head).expect("length checked");
+        let total = h.total_bytes();
+        if total < HEADER_BYTES as u64 || pos + total > len {
             return Err(corrupt(
                 path,
                 pos,
                 format!("bad batch length {}", h.batch_length()),
             ));
         }
-        pos += h.total_bytes();
-    }
-    let mut out = Vec::new();
-    while let Some(head) = reader.get(pos, HEADER_BYTES).map_err(io_err)? {
-        let h = BatchHeader::parse(head).expect("length checked");
-        if h.base_offset() >= hwm {
-            break;
+        if h.last_offset() >= offset {
+            break total;
         }
+        pos += total;
+    };
+    let want = (max_bytes as u64).min(len - pos).max(first_total);
+    out.resize(want as usize, 0);
+    file.read_exact_at(out, pos).map_err(io_err)?;
+    let mut end = 0usize;
+    while end + HEADER_BYTES <= out.len() {
+        let h = BatchHeader::parse(&out[end..]).expect("length checked");
         let total = h.total_bytes() as usize;
-        if !out.is_empty() && out.len() + total > max_bytes {
+        if h.base_offset() >= hwm || end + total > out.len() {
             break;
         }
-        let checked = match reader.get(pos, total.max(HEADER_BYTES)).map_err(io_err)? {
-            None => Err("batch extends past the end of the segment".to_string()),
-            Some(bytes) => {
-                let h = BatchHeader::parse(bytes).expect("length checked");
-                batch::check_header(&h)
-                    .and_then(|()| batch::check_crc(&h, &bytes[..total]))
-                    .map(|()| bytes)
-                    .map_err(|e| e.to_string())
-            }
+        let bytes = &out[end..end + total];
+        let checked = if total < HEADER_BYTES {
+            Err(format!("bad batch length {}", h.batch_length()))
+        } else {
+            batch::check_header(&h)
+                .and_then(|()| batch::check_crc(&h, bytes))
+                .map_err(|e| e.to_string())
         };
-        match checked {
-            Ok(bytes) => out.extend_from_slice(&bytes[..total]),
-            Err(reason) if out.is_empty() => return Err(corrupt(path, pos, reason)),
-            Err(reason) => {
-                error!(path = %path.display(), position = pos, %reason, "corrupt batch; serving only the batches before it");
-                break;
+        if let Err(reason) = checked {
+            let at = pos + end as u64;
+            if end == 0 {
+                out.clear();
+                return Err(corrupt(path, at, reason));
             }
-        }
-        pos += total as u64;
-        if out.len() >= max_bytes {
+            error!(path = %path.display(), position = at, %reason, "corrupt batch; serving only the batches before it");
             break;
         }
+        end += total;
     }
-    Ok(out)
+    out.truncate(end);
+    Ok(())
 }
