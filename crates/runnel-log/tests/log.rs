@@ -130,8 +130,10 @@ fn segments_roll_by_size_and_reads_cross_them() {
 
 #[test]
 fn segments_roll_by_age() {
-    let mut cfg = TopicConfig::default();
-    cfg.segment_ms = 1000;
+    let cfg = TopicConfig {
+        segment_ms: 1000,
+        ..TopicConfig::default()
+    };
     let sim = Sim::new(cfg);
     let log = sim.open();
     log.create_topic("t", 1, &no_overrides()).unwrap();
@@ -226,8 +228,10 @@ fn retention_by_time_and_size_deletes_whole_old_segments() {
 
 #[test]
 fn retention_rolls_an_expired_active_segment_so_quiet_topics_shrink() {
-    let mut cfg = TopicConfig::default();
-    cfg.retention_ms = Some(1000);
+    let cfg = TopicConfig {
+        retention_ms: Some(1000),
+        ..TopicConfig::default()
+    };
     let sim = Sim::new(cfg);
     let log = sim.open();
     log.create_topic("t", 1, &no_overrides()).unwrap();
@@ -490,8 +494,10 @@ fn group_commit_shares_fsyncs_between_concurrent_appenders() {
 
 #[test]
 fn durability_never_makes_appends_visible_without_fsync() {
-    let mut cfg = TopicConfig::default();
-    cfg.durability = Durability::Never;
+    let cfg = TopicConfig {
+        durability: Durability::Never,
+        ..TopicConfig::default()
+    };
     let sim = Sim::new(cfg);
     let log = sim.open();
     log.create_topic("t", 1, &no_overrides()).unwrap();
@@ -508,8 +514,10 @@ fn durability_never_makes_appends_visible_without_fsync() {
 
 #[test]
 fn durability_interval_flushes_when_due() {
-    let mut cfg = TopicConfig::default();
-    cfg.durability = "interval:100".parse().unwrap();
+    let cfg = TopicConfig {
+        durability: "interval:100".parse().unwrap(),
+        ..TopicConfig::default()
+    };
     let sim = Sim::new(cfg);
     let log = sim.open();
     log.create_topic("t", 1, &no_overrides()).unwrap();

@@ -1,30 +1,222 @@
-//! The `runnel` command. The broker (`runnel serve`) lands with the Kafka wire server;
-//! until then this prints what exists.
+//! The `runnel` command. With no subcommand it serves, so `cargo run --release` starts
+//! the broker on the defaults.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-const USAGE: &str = "\
-runnel: an event-streaming platform that speaks the Kafka protocol
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use runnel_broker::{BrokerConfig, Server};
+use runnel_log::{Log, LogConfig};
 
-USAGE:
-    runnel <COMMAND>
+#[derive(Parser, Debug)]
+#[command(
+    name = "runnel",
+    version,
+    about = "An event-streaming platform that speaks the Kafka protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-COMMANDS:
-    help      Print this message
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (the default when no command is given).
+    Serve(ServeArgs),
+}
 
-The storage engine (crate runnel-log) is in place; `runnel serve`, the Kafka wire
-server, is the next piece of work. See README.md.";
+/// Settings come from the config file, then the environment, then these flags; later
+/// ones win. Every flag also reads `RUNNEL_<NAME>` from the environment.
+#[derive(clap::Args, Debug, Default)]
+#[command(after_help = "EXAMPLES:
+    runnel serve
+    runnel serve --listen 127.0.0.1:0 --data-dir /tmp/runnel --durability never
+    RUNNEL_PARTITIONS=4 runnel serve --advertise kafka.local:9092
+
+CONFIG FILE (--config): one `key = value` per line with the flag names as keys,
+for example `listen = 127.0.0.1:9092`; `#` starts a comment.")]
+struct ServeArgs {
+    /// Config file to read first.
+    #[arg(long, env = "RUNNEL_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Kafka listener address; port 0 picks a free port [default: 127.0.0.1:9092]
+    #[arg(long, env = "RUNNEL_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Address given to clients in metadata [default: the listen address]
+    #[arg(long, env = "RUNNEL_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Data directory [default: ./runnel-data]
+    #[arg(long, env = "RUNNEL_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// HTTP API address, used by the HTTP API once it lands [default: 127.0.0.1:8080]
+    #[arg(long, env = "RUNNEL_HTTP", value_name = "ADDR")]
+    http: Option<String>,
+    /// Partitions of auto-created topics [default: 1]
+    #[arg(long, env = "RUNNEL_PARTITIONS", value_name = "N")]
+    partitions: Option<String>,
+    /// Create unknown topics on Metadata requests: true or false [default: true]
+    #[arg(long, env = "RUNNEL_AUTO_CREATE_TOPICS", value_name = "BOOL")]
+    auto_create_topics: Option<String>,
+    /// When appends are fsynced: always, interval:MS or never [default: always]
+    #[arg(long, env = "RUNNEL_DURABILITY", value_name = "POLICY")]
+    durability: Option<String>,
+    /// Largest request frame in bytes [default: 104857600]
+    #[arg(long, env = "RUNNEL_FRAME_BYTES_MAX", value_name = "BYTES")]
+    frame_bytes_max: Option<String>,
+    /// Connections served at once [default: 1024]
+    #[arg(long, env = "RUNNEL_CONNECTIONS_MAX", value_name = "N")]
+    connections_max: Option<String>,
+    /// Log level: error, warn, info, debug, trace, or a filter [default: info]
+    #[arg(long, env = "RUNNEL_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> [(&'static str, &Option<String>); 10] {
+        [
+            ("listen", &self.listen),
+            ("advertise", &self.advertise),
+            ("data-dir", &self.data_dir),
+            ("http", &self.http),
+            ("partitions", &self.partitions),
+            ("auto-create-topics", &self.auto_create_topics),
+            ("durability", &self.durability),
+            ("frame-bytes-max", &self.frame_bytes_max),
+            ("connections-max", &self.connections_max),
+            ("log-level", &self.log_level),
+        ]
+    }
+
+    /// File, then environment and flags (clap has already merged those two).
+    fn to_config(&self) -> anyhow::Result<BrokerConfig> {
+        let mut config = BrokerConfig::default();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (k, v) = line.split_once('=').with_context(|| {
+                    format!("{}:{}: expected `key = value`", path.display(), n + 1)
+                })?;
+                config
+                    .set(k.trim(), v.trim())
+                    .with_context(|| format!("{}:{}", path.display(), n + 1))?;
+            }
+        }
+        for (key, value) in self.flags() {
+            if let Some(v) = value {
+                config.set(key, v)?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => ServeArgs::default_from_env(),
+    };
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runnel: {e:#}");
+            return ExitCode::from(2);
         }
-        Some(other) => {
-            eprintln!("runnel: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
+    };
+    init_tracing(&config.log_level);
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runnel: {e:#}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+impl ServeArgs {
+    /// `runnel` with no subcommand: the same settings as `runnel serve`, from the
+    /// environment only.
+    fn default_from_env() -> ServeArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Only::parse_from(["runnel"]).args
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: BrokerConfig) -> anyhow::Result<()> {
+    let mut log_config = LogConfig::new(&config.data_dir);
+    log_config.topic_defaults.durability = config.durability;
+    let log = Arc::new(Log::open(log_config).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("runnel")
+        .build()
+        .context("cannot start the async runtime")?;
+    let data_dir = config.data_dir.clone();
+    runtime.block_on(async {
+        let server = Server::bind(config, log.clone())
+            .await
+            .context("cannot bind the Kafka listener")?;
+        let addr = server.local_addr()?;
+        let node = server.broker().advertised();
+        println!(
+            "runnel: Kafka API listening on {addr} (advertised as {}:{}), data in {}",
+            node.host,
+            node.port,
+            data_dir.display()
+        );
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    match Arc::try_unwrap(log) {
+        Ok(log) => log.close().context("clean shutdown failed")?,
+        Err(log) => {
+            log.flush().context("flush at shutdown failed")?;
+            tracing::warn!(
+                "the log is still shared at shutdown; flushed without the clean-shutdown marker"
+            );
+        }
+    }
+    println!("runnel: stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -16,7 +16,7 @@ pub const DATA: &str = "/data";
 pub fn batch(n: usize, value_bytes: usize, ts: i64, tag: u8) -> Vec<u8> {
     let mut value = vec![b'v'; value_bytes.max(1)];
     value[0] = tag;
-    let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = (0..n)
+    let recs: Vec<runnel_log::batch::KeyValue<'_>> = (0..n)
         .map(|_| (Some(&b"key"[..]), Some(&value[..])))
         .collect();
     build_batch(&recs, ts)
@@ -74,10 +74,11 @@ impl Sim {
 }
 
 pub fn small_segments() -> TopicConfig {
-    let mut c = TopicConfig::default();
-    c.segment_bytes = 4096;
-    c.index_interval_bytes = 256;
-    c
+    TopicConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 256,
+        ..TopicConfig::default()
+    }
 }
 
 pub fn no_overrides() -> BTreeMap<String, String> {

@@ -1,0 +1,340 @@
+//! The broker: shared state plus request dispatch. Each API's handler lives in its own
+//! module under `handlers/`; this file decodes, routes and encodes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use runnel_log::Log;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::apis::{self, SUPPORTED};
+use crate::config::{BrokerConfig, NODE_ID, parse_host_port};
+use crate::frame::{CodecError, RequestPrefix, response_frame};
+use crate::handlers::producers::ProducerRegistry;
+
+/// What the connection loop does after a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send this frame.
+    Respond(BytesMut),
+    /// Send nothing (Produce with `acks=0`).
+    Silent,
+    /// Close the connection, as Kafka does for requests it cannot serve.
+    Close(String),
+}
+
+/// The address clients are told to use.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: i32,
+}
+
+/// Everything a request handler can reach.
+#[derive(Debug)]
+pub struct Broker {
+    pub(crate) log: Arc<Log>,
+    pub(crate) config: BrokerConfig,
+    pub(crate) node: Node,
+    pub(crate) cluster_id: String,
+    pub(crate) producers: ProducerRegistry,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// A broker over `log`. `bound_port` is the port the listener actually got, used when
+    /// no advertised address is configured. `shutdown` turns true when the server stops;
+    /// parked requests (long-poll fetches) then answer at once.
+    pub fn new(
+        log: Arc<Log>,
+        config: BrokerConfig,
+        bound_port: u16,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Broker> {
+        let node = match &config.advertise {
+            Some(a) => {
+                let (host, port) = parse_host_port(a).map_err(std::io::Error::other)?;
+                Node {
+                    host,
+                    port: i32::from(port),
+                }
+            }
+            None => Node {
+                host: config.listen.ip().to_string(),
+                port: i32::from(bound_port),
+            },
+        };
+        let cluster_id = load_or_create_cluster_id(&config.data_dir)?;
+        let producers = ProducerRegistry::open(&config.data_dir)?;
+        Ok(Broker {
+            log,
+            config,
+            node,
+            cluster_id,
+            producers,
+            shutdown,
+        })
+    }
+
+    /// The log behind the broker.
+    #[must_use]
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The host and port clients are told to use.
+    #[must_use]
+    pub fn advertised(&self) -> &Node {
+        &self.node
+    }
+
+    /// The stable cluster id reported in Metadata.
+    #[must_use]
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Decodes, serves and encodes one request frame.
+    pub async fn handle_frame(&self, frame: BytesMut) -> Outcome {
+        let Some(prefix) = crate::frame::request_prefix(&frame) else {
+            return Outcome::Close("frame shorter than a request header".into());
+        };
+        let Ok(key) = ApiKey::try_from(prefix.api_key) else {
+            return Outcome::Close(format!("unknown api key {}", prefix.api_key));
+        };
+        if key == ApiKey::ApiVersions && !apis::accepts(key, prefix.api_version) {
+            // KIP-511: a newer ApiVersions gets a v0 answer with UNSUPPORTED_VERSION and
+            // the list, so the client retries with a version both sides know.
+            return respond_api_versions_fallback(prefix);
+        }
+        if !apis::accepts(key, prefix.api_version) {
+            return Outcome::Close(format!(
+                "unsupported version {} of {key:?}",
+                prefix.api_version
+            ));
+        }
+        let mut buf = frame.freeze();
+        let header =
+            match RequestHeader::decode(&mut buf, key.request_header_version(prefix.api_version)) {
+                Ok(h) => h,
+                Err(e) => return Outcome::Close(format!("undecodable {key:?} header: {e:#}")),
+            };
+        let request = match RequestKind::decode(key, &mut buf, prefix.api_version) {
+            Ok(r) => r,
+            Err(e) if key == ApiKey::ApiVersions => {
+                debug!(error = %e, "undecodable ApiVersions body; answering with the v0 fallback");
+                return respond_api_versions_fallback(prefix);
+            }
+            Err(e) => {
+                return Outcome::Close(format!(
+                    "undecodable {key:?} v{} body: {e:#}",
+                    prefix.api_version
+                ));
+            }
+        };
+        let Some(response) = self.dispatch(&header, request).await else {
+            return Outcome::Silent;
+        };
+        match encode_response(prefix, key, &response) {
+            Ok(frame) => Outcome::Respond(frame),
+            Err(e) => {
+                warn!(api = ?key, version = prefix.api_version, error = %e, "could not encode a response");
+                Outcome::Close(format!("internal error encoding {key:?}: {e}"))
+            }
+        }
+    }
+
+    async fn dispatch(&self, header: &RequestHeader, request: RequestKind) -> Option<ResponseKind> {
+        let v = header.request_api_version;
+        Some(match request {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(v)),
+            RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, v).await),
+            RequestKind::Produce(r) => return self.produce(r, v).await.map(ResponseKind::Produce),
+            RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r, v).await),
+            RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, v).await),
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r))
+            }
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(self.init_producer_id(r))
+            }
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(self.create_topics(r, v).await)
+            }
+            RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(self.delete_topics(r).await),
+            RequestKind::DeleteRecords(r) => {
+                ResponseKind::DeleteRecords(self.delete_records(r).await)
+            }
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(self.describe_configs(r, v))
+            }
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(self.create_partitions(r).await)
+            }
+            other => {
+                // `apis::accepts` admitted it, so a handler must exist: a bug, not input.
+                warn!(request = ?std::mem::discriminant(&other), "no handler for an advertised API");
+                return None;
+            }
+        })
+    }
+
+    /// Runs blocking storage work off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// The ApiVersions answer: exactly the [`SUPPORTED`] table.
+#[must_use]
+pub fn api_versions_response(_version: i16) -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.api_keys = SUPPORTED
+        .iter()
+        .map(|s| {
+            let mut a = kafka_protocol::messages::api_versions_response::ApiVersion::default();
+            a.api_key = s.key as i16;
+            a.min_version = s.min;
+            a.max_version = s.max;
+            a
+        })
+        .collect();
+    r
+}
+
+fn respond_api_versions_fallback(prefix: RequestPrefix) -> Outcome {
+    let mut body = api_versions_response(0);
+    body.error_code = kafka_protocol::ResponseError::UnsupportedVersion.code();
+    match response_frame(prefix.correlation_id, 0, |buf| Ok(body.encode(buf, 0)?)) {
+        Ok(f) => Outcome::Respond(f),
+        Err(e) => Outcome::Close(format!("internal error encoding ApiVersions: {e}")),
+    }
+}
+
+fn encode_response(
+    prefix: RequestPrefix,
+    key: ApiKey,
+    response: &ResponseKind,
+) -> Result<BytesMut, CodecError> {
+    let header_version = key.response_header_version(prefix.api_version);
+    response_frame(prefix.correlation_id, header_version, |buf| {
+        Ok(response.encode(buf, prefix.api_version)?)
+    })
+}
+
+/// A topic name for the codec.
+pub(crate) fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A string for the codec.
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding (22
+/// characters). Runnel keeps its id in `<data>/cluster-id` so it survives restarts.
+fn load_or_create_cluster_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("cluster-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if id.len() == 22 {
+            return Ok(id);
+        }
+        warn!(path = %path.display(), "ignoring a malformed cluster id; writing a new one");
+    }
+    let id = base64_url(&random_bytes::<16>()?);
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+/// Bytes from the OS's random source.
+pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut out = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut out)?;
+    Ok(out)
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A stable, non-zero topic id derived from the cluster id and the topic name, so every
+/// restart reports the same id without storing one (FNV-1a, twice, with two seeds).
+pub(crate) fn topic_id(cluster_id: &str, topic: &str) -> uuid::Uuid {
+    let fnv = |seed: u64| {
+        let mut h = seed;
+        for b in cluster_id.bytes().chain([0]).chain(topic.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    };
+    let hi = fnv(0xcbf2_9ce4_8422_2325);
+    let lo = fnv(0x8422_2325_cbf2_9ce4) | 1;
+    uuid::Uuid::from_u64_pair(hi, lo)
+}
+
+/// Read the request's bytes as the codec's `Bytes`.
+pub(crate) fn as_bytes(v: Vec<u8>) -> Bytes {
+    Bytes::from(v)
+}
+
+/// This broker's node id as the codec's type.
+pub(crate) fn node_id() -> kafka_protocol::messages::BrokerId {
+    kafka_protocol::messages::BrokerId(NODE_ID)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_look_like_kafkas() {
+        let id = base64_url(&[0xff; 16]);
+        assert_eq!(id.len(), 22);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(base64_url(b"Man"), "TWFu");
+    }
+
+    #[test]
+    fn topic_ids_are_stable_and_distinct() {
+        assert_eq!(topic_id("c", "orders"), topic_id("c", "orders"));
+        assert_ne!(topic_id("c", "orders"), topic_id("c", "customers"));
+        assert!(!topic_id("c", "x").is_nil());
+    }
+}

@@ -1,0 +1,247 @@
+//! The broker's settings: a typed struct with defaults, one setter by name (shared by the
+//! config file, the environment and the command line), and `validate()`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use runnel_log::Durability;
+use runnel_log::config::PARTITIONS_MAX;
+
+/// Kafka's `socket.request.max.bytes`: the largest request frame accepted. Larger frames
+/// close the connection before their body is read.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 << 20;
+/// Connections served at once; more are accepted and closed at once, so a flood cannot
+/// exhaust file descriptors or memory.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// The broker's node id, the same in Metadata, FindCoordinator and leader fields.
+pub const NODE_ID: i32 = 1;
+
+/// Settings of `runnel serve`. Every field has a default; see [`BrokerConfig::KEYS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Where the Kafka listener binds. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The `host:port` clients are told to connect to (Metadata, FindCoordinator). When
+    /// unset, the listen address (with the port actually bound).
+    pub advertise: Option<String>,
+    /// Where the log keeps its data.
+    pub data_dir: PathBuf,
+    /// Where the HTTP API will listen (used from the operations work on).
+    pub http: SocketAddr,
+    /// Partitions of topics created automatically or without an explicit count.
+    pub default_partitions: u32,
+    /// Whether Metadata requests create unknown topics, as Kafka's
+    /// `auto.create.topics.enable` (on by default there too).
+    pub auto_create_topics: bool,
+    /// The durability default for topics (`runnel.durability`).
+    pub durability: Durability,
+    /// Largest request frame accepted.
+    pub frame_bytes_max: usize,
+    /// Connections served at once.
+    pub connections_max: usize,
+    /// Log filter for the binary (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertise: None,
+            data_dir: PathBuf::from("./runnel-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            default_partitions: 1,
+            auto_create_topics: true,
+            durability: Durability::Always,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A rejected setting, with what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {key}={value:?}: {reason}")]
+pub struct BrokerConfigError {
+    /// The setting's name.
+    pub key: String,
+    /// The rejected value.
+    pub value: String,
+    /// What would be accepted.
+    pub reason: String,
+}
+
+fn bad(key: &str, value: &str, reason: impl Into<String>) -> BrokerConfigError {
+    BrokerConfigError {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+impl BrokerConfig {
+    /// Setting names, as used in the config file (`listen = 127.0.0.1:9092`), in the
+    /// environment (`RUNNEL_LISTEN`) and as flags (`--listen`).
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "advertise",
+        "data-dir",
+        "http",
+        "partitions",
+        "auto-create-topics",
+        "durability",
+        "frame-bytes-max",
+        "connections-max",
+        "log-level",
+    ];
+
+    /// Sets one setting by name, checking its syntax.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), BrokerConfigError> {
+        let v = value.trim();
+        let addr = |what: &str| -> Result<SocketAddr, BrokerConfigError> {
+            v.parse().map_err(|_| {
+                bad(
+                    key,
+                    value,
+                    format!("expected {what} as IP:PORT, e.g. 127.0.0.1:9092"),
+                )
+            })
+        };
+        let number = || -> Result<u64, BrokerConfigError> {
+            v.parse()
+                .map_err(|_| bad(key, value, "expected a whole number"))
+        };
+        match key {
+            "listen" => self.listen = addr("an address")?,
+            "advertise" => self.advertise = (!v.is_empty()).then(|| v.to_string()),
+            "data-dir" => self.data_dir = PathBuf::from(v),
+            "http" => self.http = addr("an address")?,
+            "partitions" => {
+                self.default_partitions =
+                    u32::try_from(number()?).map_err(|_| bad(key, value, "too large"))?;
+            }
+            "auto-create-topics" => {
+                self.auto_create_topics = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(key, value, "expected true or false")),
+                };
+            }
+            "durability" => self.durability = v.parse().map_err(|e: String| bad(key, value, e))?,
+            "frame-bytes-max" => self.frame_bytes_max = number()? as usize,
+            "connections-max" => self.connections_max = number()? as usize,
+            "log-level" => self.log_level = v.to_string(),
+            _ => {
+                return Err(bad(
+                    key,
+                    value,
+                    format!("unknown setting; known: {}", Self::KEYS.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the relations and ranges `set` cannot check alone.
+    pub fn validate(&self) -> Result<(), BrokerConfigError> {
+        if self.default_partitions == 0 || self.default_partitions > PARTITIONS_MAX {
+            return Err(bad(
+                "partitions",
+                &self.default_partitions.to_string(),
+                format!("must be between 1 and {PARTITIONS_MAX}"),
+            ));
+        }
+        if !(1024..=1 << 30).contains(&self.frame_bytes_max) {
+            return Err(bad(
+                "frame-bytes-max",
+                &self.frame_bytes_max.to_string(),
+                "must be between 1024 and 1073741824",
+            ));
+        }
+        if self.connections_max == 0 || self.connections_max > 1_000_000 {
+            return Err(bad(
+                "connections-max",
+                &self.connections_max.to_string(),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if let Some(a) = &self.advertise {
+            parse_host_port(a).map_err(|reason| bad("advertise", a, reason))?;
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str())
+            && !self.log_level.contains('=')
+        {
+            return Err(bad(
+                "log-level",
+                &self.log_level,
+                "expected error, warn, info, debug, trace or a filter like runnel_broker=debug",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host:port`.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s.rsplit_once(':').ok_or("expected HOST:PORT")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "the port must be a number from 1 to 65535")?;
+    if host.is_empty() || port == 0 {
+        return Err("expected HOST:PORT with a non-zero port".into());
+    }
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_settable() {
+        let mut c = BrokerConfig::default();
+        for (k, v) in [
+            ("listen", "127.0.0.1:0"),
+            ("advertise", "localhost:19092"),
+            ("data-dir", "/tmp/x"),
+            ("http", "127.0.0.1:0"),
+            ("partitions", "4"),
+            ("auto-create-topics", "false"),
+            ("durability", "interval:50"),
+            ("frame-bytes-max", "2048"),
+            ("connections-max", "10"),
+            ("log-level", "debug"),
+        ] {
+            c.set(k, v).unwrap();
+        }
+        c.validate().unwrap();
+        assert_eq!(c.default_partitions, 4);
+        assert!(!c.auto_create_topics);
+        assert_eq!(c.advertise.as_deref(), Some("localhost:19092"));
+        assert_eq!(BrokerConfig::KEYS.len(), 10);
+    }
+
+    #[test]
+    fn bad_values_say_what_is_expected() {
+        let mut c = BrokerConfig::default();
+        let e = c.set("listen", "nowhere").unwrap_err();
+        assert!(e.to_string().contains("IP:PORT"), "{e}");
+        assert!(c.set("durability", "sometimes").is_err());
+        assert!(c.set("auto-create-topics", "yes").is_err());
+        assert!(
+            c.set("colour", "blue")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown setting")
+        );
+        c.set("partitions", "0").unwrap();
+        assert!(c.validate().is_err());
+        let mut c = BrokerConfig::default();
+        c.set("advertise", "host-without-port").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! The one place where storage and domain errors become Kafka error codes.
+
+use kafka_protocol::ResponseError;
+use runnel_log::{BatchError, LogError};
+
+/// The Kafka error for a storage error.
+#[must_use]
+pub fn log_error(e: &LogError) -> ResponseError {
+    match e {
+        LogError::Batch(b) => batch_error(b),
+        LogError::Config(_) => ResponseError::InvalidConfig,
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        LogError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        LogError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
+        LogError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        // The partition cannot take writes (a failed fsync) or its data is damaged:
+        // Kafka answers KAFKA_STORAGE_ERROR for a log directory that failed.
+        LogError::Poisoned { .. } | LogError::Corrupt { .. } | LogError::Io { .. } => {
+            ResponseError::KafkaStorageError
+        }
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+/// The Kafka error for a rejected batch (Kafka's `LogValidator` choices).
+#[must_use]
+pub fn batch_error(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+        BatchError::Truncated { .. } | BatchError::BadLength { .. } | BatchError::BadCrc { .. } => {
+            ResponseError::CorruptMessage
+        }
+        BatchError::BadMagic { .. }
+        | BatchError::TrailingBytes { .. }
+        | BatchError::BadRecordCount { .. }
+        | BatchError::CountMismatch { .. } => ResponseError::InvalidRecord,
+        _ => ResponseError::InvalidRecord,
+    }
+}
+
+/// `Some(code)` for an error, as the codec's response structs want an `i16`.
+#[must_use]
+pub fn code(e: ResponseError) -> i16 {
+    e.code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_map_to_the_codes_clients_expect() {
+        assert_eq!(log_error(&LogError::UnknownTopic("t".into())).code(), 3);
+        assert_eq!(
+            log_error(&LogError::Batch(BatchError::BadCrc {
+                stored: 1,
+                computed: 2
+            }))
+            .code(),
+            2
+        );
+        assert_eq!(
+            log_error(&LogError::Batch(BatchError::TooLarge {
+                bytes: 2,
+                max_bytes: 1
+            }))
+            .code(),
+            10
+        );
+        assert_eq!(
+            log_error(&LogError::Batch(BatchError::BadMagic { magic: 1 })).code(),
+            87
+        );
+        assert_eq!(log_error(&LogError::TopicExists("t".into())).code(), 36);
+        assert_eq!(
+            log_error(&LogError::InvalidTopicName {
+                name: "a b".into(),
+                reason: ""
+            })
+            .code(),
+            17
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! Admin APIs: CreateTopics (19), DeleteTopics (20), DeleteRecords (21),
+//! DescribeConfigs (32) and CreatePartitions (37).
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse,
+};
+use runnel_log::config::{PARTITIONS_MAX, validate_topic_name};
+use runnel_log::{LogError, Offset, PartitionId, TopicConfig};
+
+use crate::broker::{Broker, str_bytes, topic_id, topic_name};
+use crate::errors;
+
+/// DescribeConfigs resource types (Kafka's `ConfigResource.Type`).
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// Config sources (Kafka's `DescribeConfigsResponse.ConfigSource`).
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+fn message(e: &impl std::fmt::Display) -> Option<kafka_protocol::protocol::StrBytes> {
+    Some(str_bytes(&e.to_string()))
+}
+
+impl Broker {
+    pub(crate) async fn create_topics(
+        &self,
+        req: CreateTopicsRequest,
+        version: i16,
+    ) -> CreateTopicsResponse {
+        let mut resp = CreateTopicsResponse::default();
+        for t in req.topics {
+            let name = t.name.0.to_string();
+            let mut r = CreatableTopicResult::default();
+            r.name = topic_name(&name);
+            // kafkajs sends -1 for "the default" even at v3, so -1 means default always.
+            let partitions = if t.num_partitions == -1 {
+                self.config.default_partitions as i32
+            } else {
+                t.num_partitions
+            };
+            let overrides: BTreeMap<String, String> = t
+                .configs
+                .iter()
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.to_string(), v.to_string()))
+                })
+                .collect();
+            let checked = self.check_new_topic(
+                &name,
+                partitions,
+                t.replication_factor,
+                !t.assignments.is_empty(),
+                &overrides,
+            );
+            let outcome = match checked {
+                Err((e, msg)) => Err((e, msg)),
+                Ok(()) if req.validate_only => Ok(None),
+                Ok(()) => {
+                    let log = self.log.clone();
+                    let (n, o) = (name.clone(), overrides.clone());
+                    self.blocking(move || log.create_topic(&n, partitions as u32, &o))
+                        .await
+                        .map(Some)
+                        .map_err(|e| (errors::log_error(&e), e.to_string()))
+                }
+            };
+            match outcome {
+                Err((e, msg)) => {
+                    r.error_code = e.code();
+                    r.error_message = message(&msg);
+                    r.num_partitions = -1;
+                    r.replication_factor = -1;
+                }
+                Ok(_) => {
+                    r.topic_id = topic_id(&self.cluster_id, &name);
+                    r.num_partitions = partitions;
+                    r.replication_factor = 1;
+                    if version >= 5 {
+                        r.configs = Some(self.creatable_configs(&overrides));
+                    }
+                }
+            }
+            resp.topics.push(r);
+        }
+        resp
+    }
+
+    fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i16,
+        manual_assignment: bool,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<(), (ResponseError, String)> {
+        validate_topic_name(name).map_err(|r| {
+            (
+                ResponseError::InvalidTopicException,
+                format!("invalid topic name {name:?}: {r}"),
+            )
+        })?;
+        if self.log.topic(name).is_some() {
+            return Err((
+                ResponseError::TopicAlreadyExists,
+                format!("topic {name:?} already exists"),
+            ));
+        }
+        if partitions < 1 || partitions as u32 > PARTITIONS_MAX {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("partitions must be between 1 and {PARTITIONS_MAX}"),
+            ));
+        }
+        if replication != -1 && replication != 1 {
+            return Err((
+                ResponseError::InvalidReplicationFactor,
+                format!("replication factor {replication} is larger than the number of brokers: 1"),
+            ));
+        }
+        if manual_assignment {
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                "manual replica assignment is not supported on a single node".into(),
+            ));
+        }
+        let mut c = self.log.config().topic_defaults.clone();
+        for (k, v) in overrides {
+            c.set(k, v)
+                .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn creatable_configs(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Vec<CreatableTopicConfigs> {
+        let mut c = self.log.config().topic_defaults.clone();
+        for (k, v) in overrides {
+            let _ = c.set(k, v);
+        }
+        c.entries()
+            .into_iter()
+            .map(|(k, v)| {
+                let mut e = CreatableTopicConfigs::default();
+                e.name = str_bytes(k);
+                e.value = Some(str_bytes(&v));
+                e.config_source = if overrides.contains_key(k) {
+                    SOURCE_TOPIC
+                } else {
+                    SOURCE_DEFAULT
+                };
+                e
+            })
+            .collect()
+    }
+
+    pub(crate) async fn delete_topics(&self, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+        let mut resp = DeleteTopicsResponse::default();
+        // v6 names topics in `topics` (name or id); older versions in `topic_names`.
+        let mut targets: Vec<(Option<String>, uuid::Uuid)> = req
+            .topic_names
+            .iter()
+            .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+            .collect();
+        targets.extend(
+            req.topics
+                .iter()
+                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+        );
+        for (name, id) in targets {
+            let mut r = DeletableTopicResult::default();
+            let name = name.or_else(|| {
+                self.log
+                    .topics()
+                    .iter()
+                    .find(|t| topic_id(&self.cluster_id, t.name()) == id)
+                    .map(|t| t.name().to_string())
+            });
+            let Some(name) = name else {
+                r.topic_id = id;
+                r.error_code = ResponseError::UnknownTopicId.code();
+                resp.responses.push(r);
+                continue;
+            };
+            r.name = Some(topic_name(&name));
+            r.topic_id = topic_id(&self.cluster_id, &name);
+            let log = self.log.clone();
+            let n = name.clone();
+            match self.blocking(move || log.delete_topic(&n)).await {
+                Ok(()) => self.producers.forget_topic(&name),
+                Err(e) => {
+                    r.error_code = errors::log_error(&e).code();
+                    r.error_message = message(&e);
+                }
+            }
+            resp.responses.push(r);
+        }
+        resp
+    }
+
+    pub(crate) async fn delete_records(&self, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+        let log = self.log.clone();
+        self.blocking(move || {
+            let mut resp = DeleteRecordsResponse::default();
+            for t in req.topics {
+                let name = t.name.0.to_string();
+                let mut tr = DeleteRecordsTopicResult::default();
+                tr.name = topic_name(&name);
+                for p in t.partitions {
+                    let mut r = DeleteRecordsPartitionResult::default();
+                    r.partition_index = p.partition_index;
+                    r.low_watermark = -1;
+                    let result = log
+                        .partition(&name, PartitionId(p.partition_index.max(0) as u32))
+                        .and_then(|part| {
+                            // -1 means "up to the high watermark" (Kafka's HIGH_WATERMARK).
+                            let before = if p.offset == -1 {
+                                part.high_watermark()
+                            } else {
+                                Offset(p.offset.max(0) as u64)
+                            };
+                            if p.offset < -1 {
+                                return Err(LogError::OffsetOutOfRange {
+                                    requested: Offset(0),
+                                    log_start: part.log_start_offset(),
+                                    high_watermark: part.high_watermark(),
+                                });
+                            }
+                            part.delete_records(before)
+                        });
+                    match result {
+                        Ok(start) => r.low_watermark = start.0 as i64,
+                        Err(e) => r.error_code = errors::log_error(&e).code(),
+                    }
+                    tr.partitions.push(r);
+                }
+                resp.topics.push(tr);
+            }
+            resp
+        })
+        .await
+    }
+
+    pub(crate) fn describe_configs(
+        &self,
+        req: DescribeConfigsRequest,
+        _version: i16,
+    ) -> DescribeConfigsResponse {
+        let mut resp = DescribeConfigsResponse::default();
+        for res in req.resources {
+            let mut r = DescribeConfigsResult::default();
+            r.resource_type = res.resource_type;
+            r.resource_name = res.resource_name.clone();
+            let keys: Option<Vec<String>> = res
+                .configuration_keys
+                .map(|k| k.iter().map(|s| s.to_string()).collect());
+            let wanted = |k: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|x| x == k));
+            let entries: Vec<(&'static str, String, i8)> = match res.resource_type {
+                RESOURCE_TOPIC => match self.log.topic(res.resource_name.as_str()) {
+                    Some(t) => {
+                        let overrides = t.overrides();
+                        t.config()
+                            .entries()
+                            .into_iter()
+                            .map(|(k, v)| {
+                                let source = if overrides.contains_key(k) {
+                                    SOURCE_TOPIC
+                                } else {
+                                    SOURCE_DEFAULT
+                                };
+                                (k, v, source)
+                            })
+                            .collect()
+                    }
+                    None => {
+                        r.error_code = ResponseError::UnknownTopicOrPartition.code();
+                        r.error_message =
+                            message(&format!("unknown topic {}", res.resource_name.as_str()));
+                        Vec::new()
+                    }
+                },
+                RESOURCE_BROKER => broker_entries(&self.log.config().topic_defaults),
+                other => {
+                    r.error_code = ResponseError::InvalidRequest.code();
+                    r.error_message = message(&format!("unsupported resource type {other}"));
+                    Vec::new()
+                }
+            };
+            r.configs = entries
+                .into_iter()
+                .filter(|(k, ..)| wanted(k))
+                .map(|(k, v, source)| {
+                    let mut e = DescribeConfigsResourceResult::default();
+                    e.name = str_bytes(k);
+                    e.value = Some(str_bytes(&v));
+                    e.config_source = source;
+                    e
+                })
+                .collect();
+            resp.results.push(r);
+        }
+        resp
+    }
+
+    pub(crate) async fn create_partitions(
+        &self,
+        req: CreatePartitionsRequest,
+    ) -> CreatePartitionsResponse {
+        let mut resp = CreatePartitionsResponse::default();
+        for t in req.topics {
+            let name = t.name.0.to_string();
+            let mut r = CreatePartitionsTopicResult::default();
+            r.name = topic_name(&name);
+            let check = match self.log.topic(&name) {
+                None => Err((
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("unknown topic {name:?}"),
+                )),
+                Some(topic) if t.count <= topic.partition_count() as i32 => Err((
+                    ResponseError::InvalidPartitions,
+                    format!(
+                        "topic has {} partitions; the new count must be larger",
+                        topic.partition_count()
+                    ),
+                )),
+                Some(_) if t.count as u32 > PARTITIONS_MAX => Err((
+                    ResponseError::InvalidPartitions,
+                    format!("at most {PARTITIONS_MAX} partitions"),
+                )),
+                Some(_) => Ok(()),
+            };
+            let outcome = match check {
+                Err(e) => Err(e),
+                Ok(()) if req.validate_only => Ok(()),
+                Ok(()) => {
+                    let log = self.log.clone();
+                    let (n, count) = (name.clone(), t.count as u32);
+                    self.blocking(move || log.add_partitions(&n, count))
+                        .await
+                        .map_err(|e| (errors::log_error(&e), e.to_string()))
+                }
+            };
+            if let Err((e, msg)) = outcome {
+                r.error_code = e.code();
+                r.error_message = message(&msg);
+            }
+            resp.results.push(r);
+        }
+        resp
+    }
+}
+
+/// Broker-level settings as DescribeConfigs shows them: the topic defaults, under
+/// Kafka's broker-level names where they differ.
+fn broker_entries(defaults: &TopicConfig) -> Vec<(&'static str, String, i8)> {
+    defaults
+        .entries()
+        .into_iter()
+        .map(|(k, v)| {
+            let name = match k {
+                "retention.ms" => "log.retention.ms",
+                "retention.bytes" => "log.retention.bytes",
+                "segment.bytes" => "log.segment.bytes",
+                "segment.ms" => "log.roll.ms",
+                "max.message.bytes" => "message.max.bytes",
+                "index.interval.bytes" => "log.index.interval.bytes",
+                "cleanup.policy" => "log.cleanup.policy",
+                other => other,
+            };
+            (name, v, SOURCE_STATIC_BROKER)
+        })
+        .collect()
+}

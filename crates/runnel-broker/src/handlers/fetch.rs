@@ -1,0 +1,223 @@
+//! Fetch (1): a real long poll.
+//!
+//! The broker gathers whole batches for every requested partition. If fewer than
+//! `min_bytes` arrived and `max_wait_ms` has not passed, it waits on the partitions'
+//! high-watermark notifications (never polling) and gathers again. Every requested
+//! partition is answered, `records` is never null, and `session_id` stays 0: Runnel keeps
+//! no fetch sessions (KIP-227), so clients send full requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use runnel_log::{Log, LogError, Offset, PartitionId};
+use tokio::sync::watch;
+
+use crate::broker::{Broker, as_bytes, topic_name};
+use crate::errors;
+use crate::handlers::check_leader_epoch;
+
+/// The longest a fetch is held, whatever the client asks: client request timeouts are
+/// derived from `max_wait_ms`, and a parked fetch holds its connection.
+pub const FETCH_WAIT_MS_MAX: i32 = 60_000;
+
+#[derive(Clone, Debug)]
+struct Want {
+    topic: String,
+    partitions: Vec<(i32, i64, i32, i32)>, // partition, fetch offset, max bytes, current leader epoch
+}
+
+impl Broker {
+    pub(crate) async fn fetch(&self, req: FetchRequest, _version: i16) -> FetchResponse {
+        let mut resp = FetchResponse::default();
+        if req.session_id != 0 || req.session_epoch > 0 {
+            resp.error_code = ResponseError::FetchSessionIdNotFound.code();
+            return resp;
+        }
+        let wants: Arc<Vec<Want>> = Arc::new(
+            req.topics
+                .iter()
+                .map(|t| Want {
+                    topic: t.topic.0.to_string(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.partition,
+                                p.fetch_offset,
+                                p.partition_max_bytes,
+                                p.current_leader_epoch,
+                            )
+                        })
+                        .collect(),
+                })
+                .collect(),
+        );
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let max_bytes = if req.max_bytes <= 0 {
+            usize::MAX
+        } else {
+            req.max_bytes as usize
+        };
+        let wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Subscribe before gathering, so an append between the two still wakes us.
+            let mut watches = self.watches(&wants);
+            let log = self.log.clone();
+            let w = wants.clone();
+            let (topics, total, failed) = self.blocking(move || gather(&log, &w, max_bytes)).await;
+            let done = total >= min_bytes
+                || failed
+                || tokio::time::Instant::now() >= deadline
+                || *shutdown.borrow();
+            if done || watches.is_empty() {
+                if !done {
+                    tokio::time::sleep_until(deadline).await;
+                    continue;
+                }
+                resp.responses = topics;
+                return resp;
+            }
+            tokio::select! {
+                () = any_changed(&mut watches) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    fn watches(&self, wants: &[Want]) -> Vec<watch::Receiver<Offset>> {
+        let mut out = Vec::new();
+        for w in wants {
+            let Some(t) = self.log.topic(&w.topic) else {
+                continue;
+            };
+            for &(p, ..) in &w.partitions {
+                if let Some(part) = t.partition(PartitionId(p.max(0) as u32)) {
+                    let mut rx = part.subscribe();
+                    rx.borrow_and_update();
+                    out.push(rx);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Resolves when any receiver sees a new value (or its partition goes away).
+async fn any_changed(watches: &mut [watch::Receiver<Offset>]) {
+    let mut futures: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = watches
+        .iter_mut()
+        .map(|rx| {
+            Box::pin(async move { rx.changed().await.unwrap_or(()) })
+                as Pin<Box<dyn Future<Output = ()> + Send>>
+        })
+        .collect();
+    std::future::poll_fn(|cx| {
+        for f in &mut futures {
+            if f.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Reads what is there now. Returns the topics, the bytes gathered, and whether any
+/// partition answered with an error (which ends the wait, as in Kafka).
+fn gather(
+    log: &Log,
+    wants: &[Want],
+    max_bytes: usize,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut failed = false;
+    let mut topics = Vec::with_capacity(wants.len());
+    for w in wants {
+        let mut t = FetchableTopicResponse::default();
+        t.topic = topic_name(&w.topic);
+        for &(index, offset, partition_max, leader_epoch) in &w.partitions {
+            let remaining = max_bytes.saturating_sub(total);
+            let p = fetch_partition(
+                log,
+                &w.topic,
+                index,
+                offset,
+                partition_max,
+                leader_epoch,
+                remaining,
+                total == 0,
+            );
+            if p.error_code != 0 {
+                failed = true;
+            }
+            total += p.records.as_ref().map_or(0, Bytes::len);
+            t.partitions.push(p);
+        }
+        topics.push(t);
+    }
+    (topics, total, failed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_partition(
+    log: &Log,
+    topic: &str,
+    index: i32,
+    offset: i64,
+    partition_max: i32,
+    leader_epoch: i32,
+    remaining: usize,
+    first: bool,
+) -> PartitionData {
+    let mut p = PartitionData::default();
+    p.partition_index = index;
+    p.records = Some(Bytes::new());
+    let fail = |mut p: PartitionData, e: ResponseError| {
+        p.error_code = e.code();
+        p
+    };
+    if let Err(e) = check_leader_epoch(leader_epoch) {
+        return fail(p, e);
+    }
+    let partition = match log.partition(topic, PartitionId(index.max(0) as u32)) {
+        Ok(part) if index >= 0 => part,
+        _ => return fail(p, ResponseError::UnknownTopicOrPartition),
+    };
+    let hwm = partition.high_watermark().0 as i64;
+    p.high_watermark = hwm;
+    p.last_stable_offset = hwm;
+    p.log_start_offset = partition.log_start_offset().0 as i64;
+    if offset < 0 {
+        return fail(p, ResponseError::OffsetOutOfRange);
+    }
+    // KIP-74: the first partition with data returns at least one whole batch, however
+    // large; later ones only what fits.
+    let limit = (partition_max.max(0) as usize).min(remaining);
+    if limit == 0 && !first {
+        return p;
+    }
+    match partition.read(Offset(offset as u64), limit.max(1)) {
+        Ok(r) => {
+            p.high_watermark = r.high_watermark.0 as i64;
+            p.last_stable_offset = p.high_watermark;
+            p.log_start_offset = r.log_start_offset.0 as i64;
+            if first || r.bytes.len() <= limit {
+                p.records = Some(as_bytes(r.bytes));
+            }
+            p
+        }
+        Err(e @ LogError::OffsetOutOfRange { .. }) => fail(p, errors::log_error(&e)),
+        Err(e) => fail(p, errors::log_error(&e)),
+    }
+}

@@ -1,0 +1,185 @@
+//! ListOffsets (2) and OffsetForLeaderEpoch (23).
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
+};
+use kafka_protocol::records::RecordBatchDecoder;
+use runnel_log::{BatchSummary, Log, LogError, Partition, PartitionId};
+
+use crate::broker::{Broker, as_bytes, topic_name};
+use crate::errors;
+use crate::handlers::check_leader_epoch;
+
+/// ListOffsets' special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+impl Broker {
+    pub(crate) async fn list_offsets(
+        &self,
+        req: ListOffsetsRequest,
+        version: i16,
+    ) -> ListOffsetsResponse {
+        let log = self.log.clone();
+        self.blocking(move || {
+            let mut resp = ListOffsetsResponse::default();
+            for t in req.topics {
+                let name = t.name.0.to_string();
+                let mut tr = ListOffsetsTopicResponse::default();
+                tr.name = topic_name(&name);
+                for p in t.partitions {
+                    let mut r = list_partition(
+                        &log,
+                        &name,
+                        p.partition_index,
+                        p.timestamp,
+                        p.current_leader_epoch,
+                    );
+                    if version < 4 {
+                        // The field exists from v4; the codec refuses a non-default value below.
+                        r.leader_epoch = -1;
+                    }
+                    tr.partitions.push(r);
+                }
+                resp.topics.push(tr);
+            }
+            resp
+        })
+        .await
+    }
+
+    pub(crate) fn offset_for_leader_epoch(
+        &self,
+        req: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        let mut resp = OffsetForLeaderEpochResponse::default();
+        for t in req.topics {
+            let name = t.topic.0.to_string();
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = topic_name(&name);
+            for p in t.partitions {
+                let mut e = EpochEndOffset::default();
+                e.partition = p.partition;
+                e.leader_epoch = -1;
+                e.end_offset = -1;
+                let part = self
+                    .log
+                    .partition(&name, PartitionId(p.partition.max(0) as u32));
+                match (part, check_leader_epoch(p.current_leader_epoch)) {
+                    (Err(_), _) => e.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    (_, Err(err)) => e.error_code = err.code(),
+                    // Epoch 0 is the only epoch: it ends at the log end, which is never
+                    // below a committed offset (so librdkafka sees no truncation).
+                    (Ok(part), Ok(())) if p.leader_epoch == 0 => {
+                        e.leader_epoch = 0;
+                        e.end_offset = part.high_watermark().0 as i64;
+                    }
+                    // Kafka answers (-1, -1) for an epoch it never had.
+                    (Ok(_), Ok(())) => {}
+                }
+                tr.partitions.push(e);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+}
+
+fn list_partition(
+    log: &Log,
+    topic: &str,
+    index: i32,
+    timestamp: i64,
+    leader_epoch: i32,
+) -> ListOffsetsPartitionResponse {
+    let mut r = ListOffsetsPartitionResponse::default();
+    r.partition_index = index;
+    r.timestamp = -1;
+    r.offset = -1;
+    r.leader_epoch = 0;
+    if let Err(e) = check_leader_epoch(leader_epoch) {
+        r.error_code = e.code();
+        return r;
+    }
+    let part = match log.partition(topic, PartitionId(index.max(0) as u32)) {
+        Ok(p) if index >= 0 => p,
+        _ => {
+            r.error_code = ResponseError::UnknownTopicOrPartition.code();
+            return r;
+        }
+    };
+    let found = match timestamp {
+        LATEST => Ok(Some((-1, part.high_watermark().0 as i64))),
+        EARLIEST => Ok(Some((-1, part.log_start_offset().0 as i64))),
+        MAX_TIMESTAMP => part
+            .max_timestamp_batch()
+            .and_then(|b| record_at(&part, b, None)),
+        ts if ts >= 0 => part
+            .offset_for_timestamp(ts)
+            .and_then(|b| record_at(&part, b, Some(ts))),
+        _ => {
+            r.error_code = ResponseError::InvalidRequest.code();
+            return r;
+        }
+    };
+    match found {
+        Ok(Some((ts, offset))) => {
+            r.timestamp = ts;
+            r.offset = offset;
+        }
+        Ok(None) => {}
+        Err(e) => r.error_code = errors::log_error(&e).code(),
+    }
+    r
+}
+
+/// Finds the record inside `batch`: the first with timestamp `>= ts`, or (for `None`)
+/// the first with the batch's max timestamp. Compressed batches are decompressed.
+/// Returns `(timestamp, offset)`.
+fn record_at(
+    part: &Partition,
+    batch: Option<BatchSummary>,
+    ts: Option<i64>,
+) -> Result<Option<(i64, i64)>, LogError> {
+    let Some(batch) = batch else {
+        return Ok(None);
+    };
+    let target = ts.unwrap_or(batch.max_timestamp);
+    let fallback = Some((batch.max_timestamp, batch.base_offset.0 as i64));
+    let read = part.read(batch.base_offset, 1)?;
+    let mut bytes = as_bytes(read.bytes);
+    let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
+        // A batch the codec cannot open (an unknown codec build): answer at batch
+        // granularity, which is still a correct lower bound.
+        return Ok(fallback);
+    };
+    let log_append_time = matches!(
+        set.records.first().map(|r| r.timestamp_type),
+        Some(kafka_protocol::records::TimestampType::LogAppend)
+    );
+    for rec in &set.records {
+        let rts = if log_append_time {
+            batch.max_timestamp
+        } else {
+            rec.timestamp
+        };
+        let hit = if ts.is_some() {
+            rts >= target
+        } else {
+            rts == target
+        };
+        if hit && rec.offset >= part.log_start_offset().0 as i64 {
+            return Ok(Some((rts, rec.offset)));
+        }
+    }
+    Ok(fallback)
+}

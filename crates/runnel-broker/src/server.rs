@@ -1,0 +1,147 @@
+//! The TCP server: accept with a connection limit, one task per connection that reads
+//! frames and answers them strictly in order, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel_log::Log;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, Outcome};
+use crate::config::BrokerConfig;
+use crate::frame::{FrameError, read_frame};
+
+/// How long shutdown waits for in-flight requests before closing connections anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A bound Kafka listener, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown_tx: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Binds the listener (port 0 picks a free port) and prepares the broker over `log`.
+    pub async fn bind(config: BrokerConfig, log: Arc<Log>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let port = listener.local_addr()?.port();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(config.connections_max));
+        let broker = Arc::new(Broker::new(log, config, port, shutdown_rx)?);
+        Ok(Server {
+            listener,
+            broker,
+            shutdown_tx,
+            connections,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The broker behind the listener.
+    #[must_use]
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `stop` resolves, then stops accepting, lets every connection finish
+    /// the request it is serving (long polls answer at once), and returns.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let mut tasks = JoinSet::new();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(stream, peer, &mut tasks),
+                    Err(e) => {
+                        // Running out of file descriptors and the like: back off briefly
+                        // rather than spin.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        info!("shutting down: no new connections; finishing requests in flight");
+        let _ = self.shutdown_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("connections still busy after the grace period; closing them");
+            tasks.abort_all();
+        }
+    }
+
+    fn admit(&self, stream: TcpStream, peer: SocketAddr, tasks: &mut JoinSet<()>) {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            warn!(%peer, limit = self.broker.config.connections_max, "connection limit reached; closing the new connection");
+            drop(stream);
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let broker = self.broker.clone();
+        tasks.spawn(async move {
+            serve_connection(broker, stream, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    debug!(%peer, "connection opened");
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::with_capacity(64 << 10, read);
+    let mut shutdown = broker.shutdown.clone();
+    let max = broker.config.frame_bytes_max;
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut read, max) => f,
+            _ = shutdown.changed() => break,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) => {
+                debug!(%peer, error = %e, "connection error");
+                break;
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "closing connection");
+                break;
+            }
+        };
+        match broker.handle_frame(frame).await {
+            Outcome::Respond(bytes) => {
+                if let Err(e) = write.write_all(&bytes).await {
+                    debug!(%peer, error = %e, "could not write response");
+                    break;
+                }
+            }
+            Outcome::Silent => {}
+            Outcome::Close(reason) => {
+                warn!(%peer, %reason, "closing connection");
+                break;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+    debug!(%peer, "connection closed");
+}
