@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -29,6 +30,33 @@ pub enum Outcome {
     Close(String),
 }
 
+/// Requests served, per API key: for metrics, and for tests that check the broker does
+/// not make clients spin (a long poll that returned at once would multiply Fetches).
+#[derive(Debug)]
+pub struct RequestCounts([AtomicU64; 128]);
+
+impl Default for RequestCounts {
+    fn default() -> Self {
+        RequestCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl RequestCounts {
+    fn add(&self, key: ApiKey) {
+        if let Some(c) = self.0.get(key as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests of `key` served so far.
+    #[must_use]
+    pub fn get(&self, key: ApiKey) -> u64 {
+        self.0
+            .get(key as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// The address clients are told to use.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -47,6 +75,7 @@ pub struct Broker {
     pub(crate) cluster_id: String,
     pub(crate) producers: ProducerRegistry,
     pub(crate) shutdown: watch::Receiver<bool>,
+    requests: Arc<RequestCounts>,
 }
 
 impl Broker {
@@ -81,6 +110,7 @@ impl Broker {
             cluster_id,
             producers,
             shutdown,
+            requests: Arc::default(),
         })
     }
 
@@ -88,6 +118,12 @@ impl Broker {
     #[must_use]
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// Requests served so far, per API.
+    #[must_use]
+    pub fn requests(&self) -> Arc<RequestCounts> {
+        self.requests.clone()
     }
 
     /// The host and port clients are told to use.
@@ -140,6 +176,7 @@ impl Broker {
                 ));
             }
         };
+        self.requests.add(key);
         let Some(response) = self.dispatch(&header, request).await else {
             return Outcome::Silent;
         };

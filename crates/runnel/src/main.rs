@@ -1,6 +1,9 @@
 //! The `runnel` command. With no subcommand it serves, so `cargo run --release` starts
 //! the broker on the defaults.
 
+mod bench;
+mod histogram;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,6 +27,25 @@ struct Cli {
 enum Command {
     /// Run the broker (the default when no command is given).
     Serve(ServeArgs),
+    /// Load generator for any Kafka-compatible broker: MB/s, msgs/s and latency.
+    #[command(
+        subcommand,
+        after_help = "EXAMPLES:
+    runnel bench produce --count 1000000 --message-bytes 1024 --partitions 8
+    runnel bench consume --topic runnel-bench --count 1000000
+    runnel bench e2e --rate-mb 20 --duration 20"
+    )]
+    Bench(BenchMode),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchMode {
+    /// Produce messages and report acknowledgement latency.
+    Produce(bench::BenchArgs),
+    /// Read a topic from the beginning (no group) and report throughput.
+    Consume(bench::BenchArgs),
+    /// Produce (optionally at --rate-mb) while consuming; report end-to-end latency.
+    E2e(bench::BenchArgs),
 }
 
 /// Settings come from the config file, then the environment, then these flags; later
@@ -121,6 +143,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Bench(mode)) => return run_bench(mode),
         None => ServeArgs::default_from_env(),
     };
     let config = match args.to_config() {
@@ -150,6 +173,47 @@ impl ServeArgs {
             args: ServeArgs,
         }
         Only::parse_from(["runnel"]).args
+    }
+}
+
+fn run_bench(mode: BenchMode) -> ExitCode {
+    init_tracing("warn");
+    let result = (|| -> anyhow::Result<()> {
+        let args = match &mode {
+            BenchMode::Produce(a) | BenchMode::Consume(a) | BenchMode::E2e(a) => a,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match mode {
+            BenchMode::Produce(ref a) | BenchMode::E2e(ref a) => {
+                rt.block_on(bench::ensure_topic(a))?
+            }
+            BenchMode::Consume(_) => {}
+        }
+        match mode {
+            BenchMode::Produce(_) => println!("{}", bench::produce(args)?.line("produced", "ack")),
+            BenchMode::Consume(_) => {
+                let never = std::sync::atomic::AtomicU64::new(0);
+                println!(
+                    "{}",
+                    bench::consume(args, false, &never)?.line("consumed", "end-to-end")
+                );
+            }
+            BenchMode::E2e(_) => {
+                let (p, c) = bench::end_to_end(args)?;
+                println!("{}", p.line("produced", "ack"));
+                println!("{}", c.line("consumed", "end-to-end"));
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runnel bench: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

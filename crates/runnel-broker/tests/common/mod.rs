@@ -40,6 +40,7 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub requests: Arc<runnel_broker::broker::RequestCounts>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub config: BrokerConfig,
 }
@@ -72,7 +73,9 @@ impl TestBroker {
                 .unwrap();
             rt.block_on(async {
                 let server = Server::bind(cfg, log.clone()).await.expect("bind");
-                addr_tx.send(server.local_addr().unwrap()).unwrap();
+                addr_tx
+                    .send((server.local_addr().unwrap(), server.broker().requests()))
+                    .unwrap();
                 server
                     .run(async {
                         let _ = stop_rx.await;
@@ -85,11 +88,12 @@ impl TestBroker {
                 Err(_) => panic!("log still shared after shutdown"),
             }
         });
-        let addr = addr_rx
+        let (addr, requests) = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("broker started");
         TestBroker {
             addr,
+            requests,
             data_dir: data_dir.to_path_buf(),
             stop: Some(stop_tx),
             thread: Some(thread),
