@@ -1,7 +1,9 @@
 //! The broker: shared state plus request dispatch. Each API's handler lives in its own
 //! module under `handlers/`; this file decodes, routes and encodes.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +30,36 @@ pub enum Outcome {
     Silent,
     /// Close the connection, as Kafka does for requests it cannot serve.
     Close(String),
+}
+
+/// What serving a request gives the connection loop: an outcome now, or one that
+/// follows once the request's writes are durable.
+pub enum Reply {
+    /// The request is complete.
+    Now(Outcome),
+    /// A Produce whose batches are written and ordered: the outcome follows once they are
+    /// durable. Later requests on the connection may start meanwhile; their effects
+    /// come after this one's.
+    Later(Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>),
+}
+
+impl Reply {
+    /// The outcome, waiting for it if it is not ready.
+    pub async fn outcome(self) -> Outcome {
+        match self {
+            Reply::Now(o) => o,
+            Reply::Later(f) => f.await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Now(o) => f.debug_tuple("Now").field(o).finish(),
+            Reply::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 /// Requests served, per API key: for metrics, and for tests that check the broker does
@@ -140,53 +172,68 @@ impl Broker {
 
     /// Decodes, serves and encodes one request frame.
     pub async fn handle_frame(&self, frame: BytesMut) -> Outcome {
+        self.serve_frame(frame).await.outcome().await
+    }
+
+    /// Like [`Broker::handle_frame`], but returns as soon as the request's effects are
+    /// ordered: a Produce's response then waits on durability in [`Reply::Later`].
+    pub async fn serve_frame(&self, frame: BytesMut) -> Reply {
+        Reply::Now(match self.start_frame(frame).await {
+            Ok(reply) => return reply,
+            Err(outcome) => outcome,
+        })
+    }
+
+    async fn start_frame(&self, frame: BytesMut) -> Result<Reply, Outcome> {
         let Some(prefix) = crate::frame::request_prefix(&frame) else {
-            return Outcome::Close("frame shorter than a request header".into());
+            return Err(Outcome::Close("frame shorter than a request header".into()));
         };
         let Ok(key) = ApiKey::try_from(prefix.api_key) else {
-            return Outcome::Close(format!("unknown api key {}", prefix.api_key));
+            return Err(Outcome::Close(format!(
+                "unknown api key {}",
+                prefix.api_key
+            )));
         };
         if key == ApiKey::ApiVersions && !apis::accepts(key, prefix.api_version) {
             // KIP-511: a newer ApiVersions gets a v0 answer with UNSUPPORTED_VERSION and
             // the list, so the client retries with a version both sides know.
-            return respond_api_versions_fallback(prefix);
+            return Err(respond_api_versions_fallback(prefix));
         }
         if !apis::accepts(key, prefix.api_version) {
-            return Outcome::Close(format!(
+            return Err(Outcome::Close(format!(
                 "unsupported version {} of {key:?}",
                 prefix.api_version
-            ));
+            )));
         }
         let mut buf = frame.freeze();
         let header =
             match RequestHeader::decode(&mut buf, key.request_header_version(prefix.api_version)) {
                 Ok(h) => h,
-                Err(e) => return Outcome::Close(format!("undecodable {key:?} header: {e:#}")),
+                Err(e) => return Err(Outcome::Close(format!("undecodable {key:?} header: {e:#}"))),
             };
         let request = match RequestKind::decode(key, &mut buf, prefix.api_version) {
             Ok(r) => r,
             Err(e) if key == ApiKey::ApiVersions => {
                 debug!(error = %e, "undecodable ApiVersions body; answering with the v0 fallback");
-                return respond_api_versions_fallback(prefix);
+                return Err(respond_api_versions_fallback(prefix));
             }
             Err(e) => {
-                return Outcome::Close(format!(
+                return Err(Outcome::Close(format!(
                     "undecodable {key:?} v{} body: {e:#}",
                     prefix.api_version
-                ));
+                )));
             }
         };
         self.requests.add(key);
-        let Some(response) = self.dispatch(&header, request).await else {
-            return Outcome::Silent;
-        };
-        match encode_response(prefix, key, &response) {
-            Ok(frame) => Outcome::Respond(frame),
-            Err(e) => {
-                warn!(api = ?key, version = prefix.api_version, error = %e, "could not encode a response");
-                Outcome::Close(format!("internal error encoding {key:?}: {e}"))
-            }
+        if let RequestKind::Produce(r) = request {
+            let in_flight = self.produce(r, prefix.api_version).await;
+            return Ok(Reply::Later(Box::pin(async move {
+                let response = in_flight.finish().await.map(ResponseKind::Produce);
+                outcome(prefix, key, response.as_ref())
+            })));
         }
+        let response = self.dispatch(&header, request).await;
+        Ok(Reply::Now(outcome(prefix, key, response.as_ref())))
     }
 
     async fn dispatch(&self, header: &RequestHeader, request: RequestKind) -> Option<ResponseKind> {
@@ -194,7 +241,6 @@ impl Broker {
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(v)),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, v).await),
-            RequestKind::Produce(r) => return self.produce(r, v).await.map(ResponseKind::Produce),
             RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r, v).await),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, v).await),
             RequestKind::OffsetForLeaderEpoch(r) => {
@@ -259,6 +305,20 @@ fn respond_api_versions_fallback(prefix: RequestPrefix) -> Outcome {
     match response_frame(prefix.correlation_id, 0, |buf| Ok(body.encode(buf, 0)?)) {
         Ok(f) => Outcome::Respond(f),
         Err(e) => Outcome::Close(format!("internal error encoding ApiVersions: {e}")),
+    }
+}
+
+/// The frame for `response`, or nothing to send.
+fn outcome(prefix: RequestPrefix, key: ApiKey, response: Option<&ResponseKind>) -> Outcome {
+    let Some(response) = response else {
+        return Outcome::Silent;
+    };
+    match encode_response(prefix, key, response) {
+        Ok(frame) => Outcome::Respond(frame),
+        Err(e) => {
+            warn!(api = ?key, version = prefix.api_version, error = %e, "could not encode a response");
+            Outcome::Close(format!("internal error encoding {key:?}: {e}"))
+        }
     }
 }
 

@@ -35,6 +35,6 @@ pub mod handlers;
 pub mod producer_state;
 pub mod server;
 
-pub use broker::{Broker, Outcome};
+pub use broker::{Broker, Outcome, Reply};
 pub use config::{BrokerConfig, BrokerConfigError};
 pub use server::Server;

@@ -42,7 +42,9 @@
 //!
 //! Run: `cargo bench -p runnel-log --bench log_bench`. Arguments that do not start with
 //! `-` select cases whose name contains them, e.g. `... -- always/16K` (useful under
-//! `perf` or `strace`); ratios whose ceiling did not run are shown as `-`.
+//! `perf` or `strace`); ratios whose ceiling did not run are shown as `-`. With
+//! `RUNNEL_BENCH_BATCH_RECORDS=N` (1 to 4096) the write cases also run with batches of
+//! N 1 KiB records, named `Nx1K`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -593,6 +595,13 @@ fn main() {
     fs::create_dir_all(&dir).expect("create the benchmark directory");
     let small = make_batch(SMALL_BATCH_RECORDS);
     let large = make_batch(LARGE_BATCH_RECORDS);
+    // Another batch size, to give a ceiling for the batches some client really sent
+    // (scripts/bench-broker measures them and passes this).
+    let extra = std::env::var("RUNNEL_BENCH_BATCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=4096).contains(n))
+        .map(|records| (format!("{records}x1K"), make_batch(records)));
     eprintln!(
         "runnel-log storage benchmark in {}\n\
          {} CPUs; batches of {} and {} bytes; each case stops at {} MiB or {:?}; \
@@ -612,6 +621,9 @@ fn main() {
     };
     add_write_cases(&mut bench, "16K", &small);
     add_write_cases(&mut bench, "256K", &large);
+    if let Some((name, batch)) = &extra {
+        add_write_cases(&mut bench, name, batch);
+    }
     bench.add("ceiling/pread/1M".into(), None, Target::None, |d| {
         with_dir(d, read_ceiling)
     });

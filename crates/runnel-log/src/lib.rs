@@ -50,5 +50,7 @@ pub use config::{CleanupPolicy, Durability, LogConfig, TopicConfig};
 pub use error::{BatchError, ConfigError, LogError, Result};
 pub use io::{DirEntry, DirLock, OpenMode, StdStorage, Storage, StorageFile};
 pub use log::{Log, Topic};
-pub use partition::{AppendInfo, BatchSummary, Partition, READ_BYTES_MAX, ReadResult};
+pub use partition::{
+    AppendInfo, AppendTicket, BatchSummary, Partition, Pending, READ_BYTES_MAX, ReadResult,
+};
 pub use types::{Offset, PartitionId, Position, TimestampMs};

@@ -107,22 +107,44 @@ pub struct AppendInfo {
 #[must_use = "an append is acknowledged only after `wait`"]
 pub struct Pending<'a> {
     partition: &'a Partition,
-    info: AppendInfo,
-    needs_sync: bool,
+    ticket: AppendTicket,
 }
 
 impl Pending<'_> {
     /// The offsets the batch got.
     pub fn info(&self) -> AppendInfo {
-        self.info
+        self.ticket.info
     }
 
     /// Blocks until the batch is durable as the topic's durability policy requires.
     pub fn wait(self) -> Result<AppendInfo> {
-        if self.needs_sync {
-            self.partition.sync_to(self.info.last_offset.plus(1))?;
-        }
-        Ok(self.info)
+        self.partition.wait_durable(self.ticket)
+    }
+
+    /// Detaches the wait from the borrow of the partition, so that it can happen later or
+    /// on another thread, with [`Partition::wait_durable`] on the same partition.
+    pub fn into_ticket(self) -> AppendTicket {
+        self.ticket
+    }
+}
+
+/// A written batch's claim to durability, owned: see [`Pending::into_ticket`].
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only after `Partition::wait_durable`"]
+pub struct AppendTicket {
+    info: AppendInfo,
+    needs_sync: bool,
+}
+
+impl AppendTicket {
+    /// The offsets the batch got.
+    pub fn info(&self) -> AppendInfo {
+        self.info
+    }
+
+    /// Whether waiting involves an fsync (the topic's durability is `always`).
+    pub fn needs_sync(&self) -> bool {
+        self.needs_sync
     }
 }
 
@@ -381,13 +403,38 @@ impl Partition {
         }
         Ok(Pending {
             partition: self,
+            ticket: AppendTicket {
+                info: AppendInfo {
+                    base_offset: base,
+                    last_offset: base.plus(records - 1),
+                    log_start_offset: st.log_start,
+                },
+                needs_sync,
+            },
+        })
+    }
+
+    /// A ticket for a batch an earlier append wrote, covering `base..=last`: an
+    /// idempotent retry is answered with the original's offsets once they are durable.
+    pub fn ticket_through(&self, base: Offset, last: Offset) -> AppendTicket {
+        AppendTicket {
             info: AppendInfo {
                 base_offset: base,
-                last_offset: base.plus(records - 1),
-                log_start_offset: st.log_start,
+                last_offset: last,
+                log_start_offset: self.log_start_offset(),
             },
-            needs_sync,
-        })
+            needs_sync: self.config().durability == Durability::Always,
+        }
+    }
+
+    /// Blocks until the batch behind `ticket`, which an append to this partition
+    /// returned, is durable as the topic's durability policy requires. Several waits
+    /// share one fsync (group commit).
+    pub fn wait_durable(&self, ticket: AppendTicket) -> Result<AppendInfo> {
+        if ticket.needs_sync {
+            self.sync_to(ticket.info.last_offset.plus(1))?;
+        }
+        Ok(ticket.info)
     }
 
     fn should_roll(

@@ -1,8 +1,14 @@
 //! Produce (0): validate each partition's batch, check idempotent sequences, append.
 //!
-//! Partitions of one request are appended in parallel on the blocking pool, so their
-//! fsyncs overlap. The response lists every requested partition. With `acks=0` nothing
-//! is sent back: the client reads no response, and sending one would break correlation.
+//! A Produce runs in two steps. [`Broker::produce`] validates and appends: when it
+//! returns, every batch has its offsets and the log order is fixed. The returned
+//! [`ProduceInFlight`] then waits until those batches are durable and builds the
+//! response. The connection loop starts the next request between the two steps, so the
+//! fsyncs of consecutive requests from one producer overlap (see `server.rs`).
+//!
+//! Partitions of one request are appended in parallel on the blocking pool. The response
+//! lists every requested partition. With `acks=0` nothing is sent back: the client reads
+//! no response, and sending one would break correlation.
 
 use std::sync::Arc;
 
@@ -11,7 +17,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use runnel_log::batch::BatchHeader;
-use runnel_log::{AppendInfo, Partition, PartitionId};
+use runnel_log::{AppendInfo, AppendTicket, Offset, Partition, PartitionId};
 
 use crate::broker::{Broker, topic_name};
 use crate::errors;
@@ -24,14 +30,69 @@ const CODEC_ZSTD: u8 = 4;
 /// zstd needs Produce v7 (KIP-110): older clients could not read it back.
 const ZSTD_PRODUCE_VERSION_MIN: i16 = 7;
 
+/// A Produce whose batches are written and ordered, waiting to be durable.
+#[derive(Debug)]
+#[must_use = "the response is ready only after `finish`"]
+pub(crate) struct ProduceInFlight {
+    acks: i16,
+    response: ProduceResponse,
+    /// Partitions still waiting: where their answer goes, and what they wait for.
+    waits: Vec<DurableWait>,
+}
+
+#[derive(Debug)]
+struct DurableWait {
+    topic: usize,
+    partition: usize,
+    log: Arc<Partition>,
+    ticket: AppendTicket,
+}
+
+impl ProduceInFlight {
+    /// Waits until every appended batch is durable, then builds the response (none for
+    /// `acks=0`). The waits of several partitions run in parallel.
+    pub(crate) async fn finish(self) -> Option<ProduceResponse> {
+        let ProduceInFlight {
+            acks,
+            mut response,
+            waits,
+        } = self;
+        let mut handles = Vec::with_capacity(waits.len());
+        for w in waits {
+            let slot = (w.topic, w.partition);
+            let index = w.log.id().0 as i32;
+            let handle = if w.ticket.needs_sync() {
+                let DurableWait { log, ticket, .. } = w;
+                Err(tokio::task::spawn_blocking(move || {
+                    log.wait_durable(ticket)
+                }))
+            } else {
+                Ok(w.log.wait_durable(w.ticket))
+            };
+            handles.push((slot, index, handle));
+        }
+        for ((t, p), index, handle) in handles {
+            let result = match handle {
+                Ok(r) => r,
+                Err(join) => match join.await {
+                    Ok(r) => r,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
+            };
+            response.responses[t].partition_responses[p] = match result {
+                Ok(info) => ok_response(index, info),
+                Err(e) => error_response(index, errors::log_error(&e)),
+            };
+        }
+        (acks != 0).then_some(response)
+    }
+}
+
 impl Broker {
-    pub(crate) async fn produce(
-        &self,
-        req: ProduceRequest,
-        version: i16,
-    ) -> Option<ProduceResponse> {
+    /// Validates and appends every batch of the request, in parallel across partitions.
+    /// When this returns, the batches have their offsets; durability is `finish`'s job.
+    pub(crate) async fn produce(&self, req: ProduceRequest, version: i16) -> ProduceInFlight {
         let acks = req.acks;
-        let mut resp = ProduceResponse::default();
         let valid_acks = matches!(acks, -1..=1);
         let transactional = req
             .transactional_id
@@ -51,7 +112,7 @@ impl Broker {
                     None
                 };
                 if let Some(e) = early {
-                    handles.push(Err(error_response(index, e)));
+                    handles.push((index, Err(error_response(index, e))));
                     continue;
                 }
                 let partition = self
@@ -60,36 +121,57 @@ impl Broker {
                     .ok()
                     .filter(|_| index >= 0);
                 let Some(partition) = partition else {
-                    handles.push(Err(error_response(
+                    handles.push((
                         index,
-                        ResponseError::UnknownTopicOrPartition,
-                    )));
+                        Err(error_response(
+                            index,
+                            ResponseError::UnknownTopicOrPartition,
+                        )),
+                    ));
                     continue;
                 };
                 let records = pd.records.unwrap_or_default();
                 let state = self.producers_for(&partition, &records);
-                handles.push(Ok(tokio::task::spawn_blocking(move || {
-                    produce_partition(&partition, index, &records, version, state)
-                })));
+                let append = tokio::task::spawn_blocking(move || {
+                    let written = produce_partition(&partition, &records, version, state);
+                    (partition, written)
+                });
+                handles.push((index, Ok(append)));
             }
             jobs.push((name, handles));
         }
-        for (name, handles) in jobs {
-            let mut t = TopicProduceResponse::default();
-            t.name = topic_name(&name);
-            for h in handles {
-                let p = match h {
+        let mut response = ProduceResponse::default();
+        let mut waits = Vec::new();
+        for (t, (name, handles)) in jobs.into_iter().enumerate() {
+            let mut topic = TopicProduceResponse::default();
+            topic.name = topic_name(&name);
+            for (p, (index, h)) in handles.into_iter().enumerate() {
+                let answer = match h {
                     Err(early) => early,
                     Ok(join) => match join.await {
-                        Ok(p) => p,
+                        Ok((_, Err(refused))) => error_response(index, refused),
+                        Ok((log, Ok(ticket))) => {
+                            waits.push(DurableWait {
+                                topic: t,
+                                partition: p,
+                                log,
+                                ticket,
+                            });
+                            // Replaced by `finish`.
+                            error_response(index, ResponseError::RequestTimedOut)
+                        }
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     },
                 };
-                t.partition_responses.push(p);
+                topic.partition_responses.push(answer);
             }
-            resp.responses.push(t);
+            response.responses.push(topic);
         }
-        (acks != 0).then_some(resp)
+        ProduceInFlight {
+            acks,
+            response,
+            waits,
+        }
     }
 
     /// The producer state lock for an idempotent batch, `None` otherwise.
@@ -143,21 +225,21 @@ fn check_produce_rules(records: &[u8], version: i16) -> Result<(), ResponseError
     Ok(())
 }
 
+/// Validates and appends one partition's batch. `Ok` holds the wait for durability,
+/// `Err` the refusal.
 fn produce_partition(
     partition: &Partition,
-    index: i32,
     records: &[u8],
     version: i16,
     state: Option<SharedProducers>,
-) -> PartitionProduceResponse {
-    if let Err(e) = check_produce_rules(records, version) {
-        return error_response(index, e);
-    }
+) -> Result<AppendTicket, ResponseError> {
+    check_produce_rules(records, version)?;
+    let refused = |e: runnel_log::LogError| errors::log_error(&e);
     let Some(state) = state else {
-        return match partition.append(records) {
-            Ok(info) => ok_response(index, info),
-            Err(e) => error_response(index, errors::log_error(&e)),
-        };
+        return Ok(partition
+            .append_deferred(records)
+            .map_err(refused)?
+            .into_ticket());
     };
     let h = BatchHeader::parse(records).expect("checked above");
     let seq = BatchSequence {
@@ -167,35 +249,23 @@ fn produce_partition(
         record_count: h.record_count(),
     };
     // The check, the write and the state update happen together, so a retry cannot slip
-    // in between; the fsync wait happens after, shared with other appenders.
-    let pending = {
-        let mut producers = state.lock().unwrap_or_else(|p| p.into_inner());
-        match producers.check(&seq) {
-            SequenceCheck::Duplicate { base_offset, .. } => {
-                let mut p = error_response(index, ResponseError::UnknownServerError);
-                p.error_code = 0;
-                p.base_offset = base_offset as i64;
-                p.log_append_time_ms = -1;
-                p.log_start_offset = partition.log_start_offset().0 as i64;
-                return p;
-            }
-            SequenceCheck::Reject(e) => {
-                let code = ResponseError::try_from_code(e.kafka_code())
-                    .unwrap_or(ResponseError::InvalidRecord);
-                return error_response(index, code);
-            }
-            SequenceCheck::Append => match partition.append_deferred(records) {
-                Ok(pending) => {
-                    let info = pending.info();
-                    producers.record(&seq, info.base_offset.0, info.last_offset.0, now_ms());
-                    pending
-                }
-                Err(e) => return error_response(index, errors::log_error(&e)),
-            },
+    // in between; the fsync wait happens later, shared with other appenders.
+    let mut producers = state.lock().unwrap_or_else(|p| p.into_inner());
+    match producers.check(&seq) {
+        // A retry of a batch already written: the original's offsets, once durable.
+        SequenceCheck::Duplicate {
+            base_offset,
+            last_offset,
+        } => Ok(partition.ticket_through(Offset(base_offset), Offset(last_offset))),
+        SequenceCheck::Reject(e) => {
+            Err(ResponseError::try_from_code(e.kafka_code())
+                .unwrap_or(ResponseError::InvalidRecord))
         }
-    };
-    match pending.wait() {
-        Ok(info) => ok_response(index, info),
-        Err(e) => error_response(index, errors::log_error(&e)),
+        SequenceCheck::Append => {
+            let pending = partition.append_deferred(records).map_err(refused)?;
+            let info = pending.info();
+            producers.record(&seq, info.base_offset.0, info.last_offset.0, now_ms());
+            Ok(pending.into_ticket())
+        }
     }
 }
