@@ -60,6 +60,12 @@ pub enum BatchError {
         /// The count field.
         count: i32,
     },
+    /// The records inside the batch do not match its header or their own lengths.
+    #[error("malformed records: {reason}")]
+    BadRecords {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// `lastOffsetDelta + 1 != recordCount`.
     #[error("lastOffsetDelta {last_offset_delta} does not match recordCount {record_count}")]
     CountMismatch {

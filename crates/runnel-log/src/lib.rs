@@ -40,6 +40,7 @@ mod files;
 mod io;
 mod log;
 mod partition;
+pub mod records;
 pub mod recovery;
 mod segment;
 pub mod sim;
