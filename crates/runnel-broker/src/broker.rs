@@ -2,6 +2,7 @@
 //! module under `handlers/`; this file decodes, routes and encodes.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use tracing::{debug, warn};
 use crate::apis::{self, SUPPORTED};
 use crate::config::{BrokerConfig, NODE_ID, parse_host_port};
 use crate::frame::{CodecError, RequestPrefix, response_frame};
+use crate::groups::Groups;
 use crate::handlers::producers::ProducerRegistry;
+use crate::offset_store::OffsetStore;
 
 /// What the connection loop does after a request.
 #[derive(Debug)]
@@ -106,6 +109,7 @@ pub struct Broker {
     pub(crate) node: Node,
     pub(crate) cluster_id: String,
     pub(crate) producers: ProducerRegistry,
+    pub(crate) groups: Arc<Groups>,
     pub(crate) shutdown: watch::Receiver<bool>,
     requests: Arc<RequestCounts>,
 }
@@ -135,12 +139,16 @@ impl Broker {
         };
         let cluster_id = load_or_create_cluster_id(&config.data_dir)?;
         let producers = ProducerRegistry::open(&config.data_dir)?;
+        let offsets = OffsetStore::open(log.clone()).map_err(std::io::Error::other)?;
+        let seed = u64::from_be_bytes(random_bytes::<8>()?);
+        let groups = Arc::new(Groups::new(config.group_config(), seed, offsets));
         Ok(Broker {
             log,
             config,
             node,
             cluster_id,
             producers,
+            groups,
             shutdown,
             requests: Arc::default(),
         })
@@ -164,6 +172,12 @@ impl Broker {
         &self.node
     }
 
+    /// The group coordinator and committed offsets.
+    #[must_use]
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
     /// The stable cluster id reported in Metadata.
     #[must_use]
     pub fn cluster_id(&self) -> &str {
@@ -178,13 +192,18 @@ impl Broker {
     /// Like [`Broker::handle_frame`], but returns as soon as the request's effects are
     /// ordered: a Produce's response then waits on durability in [`Reply::Later`].
     pub async fn serve_frame(&self, frame: BytesMut) -> Reply {
-        Reply::Now(match self.start_frame(frame).await {
+        self.serve(frame, None).await
+    }
+
+    /// [`Broker::serve_frame`] for a request from `peer` (shown in DescribeGroups).
+    pub async fn serve(&self, frame: BytesMut, peer: Option<IpAddr>) -> Reply {
+        Reply::Now(match self.start_frame(frame, peer).await {
             Ok(reply) => return reply,
             Err(outcome) => outcome,
         })
     }
 
-    async fn start_frame(&self, frame: BytesMut) -> Result<Reply, Outcome> {
+    async fn start_frame(&self, frame: BytesMut, peer: Option<IpAddr>) -> Result<Reply, Outcome> {
         let Some(prefix) = crate::frame::request_prefix(&frame) else {
             return Err(Outcome::Close("frame shorter than a request header".into()));
         };
@@ -232,11 +251,16 @@ impl Broker {
                 outcome(prefix, key, response.as_ref())
             })));
         }
-        let response = self.dispatch(&header, request).await;
+        let response = self.dispatch(&header, request, peer).await;
         Ok(Reply::Now(outcome(prefix, key, response.as_ref())))
     }
 
-    async fn dispatch(&self, header: &RequestHeader, request: RequestKind) -> Option<ResponseKind> {
+    async fn dispatch(
+        &self,
+        header: &RequestHeader,
+        request: RequestKind,
+        peer: Option<IpAddr>,
+    ) -> Option<ResponseKind> {
         let v = header.request_api_version;
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(v)),
@@ -262,6 +286,26 @@ impl Broker {
             RequestKind::CreatePartitions(r) => {
                 ResponseKind::CreatePartitions(self.create_partitions(r).await)
             }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(r, v))
+            }
+            RequestKind::JoinGroup(r) => {
+                let client_id = header.client_id.as_deref().unwrap_or("");
+                // Kafka shows hosts as `/1.2.3.4`.
+                let host = peer.map_or_else(String::new, |ip| format!("/{ip}"));
+                ResponseKind::JoinGroup(self.join_group(r, v, client_id, &host).await)
+            }
+            RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(self.sync_group(r).await),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r)),
+            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.leave_group(r, v)),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
+            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r, v)),
+            RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(self.offset_delete(r).await),
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(self.describe_groups(r, v))
+            }
+            RequestKind::ListGroups(r) => ResponseKind::ListGroups(self.list_groups(r, v)),
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r).await),
             other => {
                 // `apis::accepts` admitted it, so a handler must exist: a bug, not input.
                 warn!(request = ?std::mem::discriminant(&other), "no handler for an advertised API");

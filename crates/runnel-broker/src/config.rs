@@ -41,6 +41,13 @@ pub struct BrokerConfig {
     pub connections_max: usize,
     /// Log filter for the binary (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
+    /// Kafka's `group.initial.rebalance.delay.ms`: how long a new group's first
+    /// rebalance waits for more members.
+    pub group_initial_rebalance_delay_ms: u32,
+    /// Kafka's `group.min.session.timeout.ms`.
+    pub group_session_timeout_ms_min: u32,
+    /// Kafka's `group.max.session.timeout.ms`.
+    pub group_session_timeout_ms_max: u32,
 }
 
 impl Default for BrokerConfig {
@@ -56,6 +63,9 @@ impl Default for BrokerConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             log_level: "info".into(),
+            group_initial_rebalance_delay_ms: 3_000,
+            group_session_timeout_ms_min: 6_000,
+            group_session_timeout_ms_max: 1_800_000,
         }
     }
 }
@@ -94,6 +104,9 @@ impl BrokerConfig {
         "frame-bytes-max",
         "connections-max",
         "log-level",
+        "group-initial-rebalance-delay-ms",
+        "group-min-session-timeout-ms",
+        "group-max-session-timeout-ms",
     ];
 
     /// Sets one setting by name, checking its syntax.
@@ -111,6 +124,12 @@ impl BrokerConfig {
         let number = || -> Result<u64, BrokerConfigError> {
             v.parse()
                 .map_err(|_| bad(key, value, "expected a whole number"))
+        };
+        let ms = |n: u64| -> Result<u32, BrokerConfigError> {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= i32::MAX as u32)
+                .ok_or_else(|| bad(key, value, "too large"))
         };
         match key {
             "listen" => self.listen = addr("an address")?,
@@ -132,6 +151,11 @@ impl BrokerConfig {
             "frame-bytes-max" => self.frame_bytes_max = number()? as usize,
             "connections-max" => self.connections_max = number()? as usize,
             "log-level" => self.log_level = v.to_string(),
+            "group-initial-rebalance-delay-ms" => {
+                self.group_initial_rebalance_delay_ms = ms(number()?)?;
+            }
+            "group-min-session-timeout-ms" => self.group_session_timeout_ms_min = ms(number()?)?,
+            "group-max-session-timeout-ms" => self.group_session_timeout_ms_max = ms(number()?)?,
             _ => {
                 return Err(bad(
                     key,
@@ -166,6 +190,13 @@ impl BrokerConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        if self.group_session_timeout_ms_min > self.group_session_timeout_ms_max {
+            return Err(bad(
+                "group-min-session-timeout-ms",
+                &self.group_session_timeout_ms_min.to_string(),
+                "must not exceed group-max-session-timeout-ms",
+            ));
+        }
         if let Some(a) = &self.advertise {
             parse_host_port(a).map_err(|reason| bad("advertise", a, reason))?;
         }
@@ -179,6 +210,19 @@ impl BrokerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl BrokerConfig {
+    /// The group coordinator's settings.
+    #[must_use]
+    pub fn group_config(&self) -> runnel_group::Config {
+        runnel_group::Config {
+            session_timeout_ms_min: self.group_session_timeout_ms_min as i32,
+            session_timeout_ms_max: self.group_session_timeout_ms_max as i32,
+            initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms as i32,
+            ..runnel_group::Config::default()
+        }
     }
 }
 
@@ -215,6 +259,9 @@ mod tests {
             ("frame-bytes-max", "2048"),
             ("connections-max", "10"),
             ("log-level", "debug"),
+            ("group-initial-rebalance-delay-ms", "0"),
+            ("group-min-session-timeout-ms", "1000"),
+            ("group-max-session-timeout-ms", "60000"),
         ] {
             c.set(k, v).unwrap();
         }
@@ -222,7 +269,8 @@ mod tests {
         assert_eq!(c.default_partitions, 4);
         assert!(!c.auto_create_topics);
         assert_eq!(c.advertise.as_deref(), Some("localhost:19092"));
-        assert_eq!(BrokerConfig::KEYS.len(), 10);
+        assert_eq!(BrokerConfig::KEYS.len(), 13);
+        assert_eq!(c.group_config().initial_rebalance_delay_ms, 0);
     }
 
     #[test]

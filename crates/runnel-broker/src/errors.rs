@@ -1,6 +1,7 @@
 //! The one place where storage and domain errors become Kafka error codes.
 
 use kafka_protocol::ResponseError;
+use runnel_group::GroupError;
 use runnel_log::{BatchError, LogError};
 
 /// The Kafka error for a storage error.
@@ -41,6 +42,32 @@ pub fn batch_error(e: &BatchError) -> ResponseError {
     }
 }
 
+/// The Kafka error for a refusal of the group coordinator.
+#[must_use]
+pub fn group_error(e: GroupError) -> ResponseError {
+    match e {
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+/// The error code of an optional group error (0 for none).
+#[must_use]
+pub fn group_code(e: Option<GroupError>) -> i16 {
+    e.map_or(0, |e| group_error(e).code())
+}
+
 /// `Some(code)` for an error, as the codec's response structs want an `i16`.
 #[must_use]
 pub fn code(e: ResponseError) -> i16 {
@@ -50,6 +77,27 @@ pub fn code(e: ResponseError) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_errors_map_to_the_codes_clients_expect() {
+        let pairs = [
+            (GroupError::IllegalGeneration, 22),
+            (GroupError::InconsistentGroupProtocol, 23),
+            (GroupError::InvalidGroupId, 24),
+            (GroupError::UnknownMemberId, 25),
+            (GroupError::InvalidSessionTimeout, 26),
+            (GroupError::RebalanceInProgress, 27),
+            (GroupError::NonEmptyGroup, 68),
+            (GroupError::GroupIdNotFound, 69),
+            (GroupError::MemberIdRequired, 79),
+            (GroupError::GroupMaxSizeReached, 81),
+            (GroupError::FencedInstanceId, 82),
+        ];
+        for (e, code) in pairs {
+            assert_eq!(group_error(e).code(), code, "{e:?}");
+        }
+        assert_eq!(group_code(None), 0);
+    }
 
     #[test]
     fn storage_errors_map_to_the_codes_clients_expect() {

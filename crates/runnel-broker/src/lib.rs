@@ -13,6 +13,9 @@
 //! - [`server`]: TCP accept with a connection limit, strictly in-order request handling
 //!   per connection, graceful shutdown.
 //! - [`producer_state`]: idempotent producer sequences, sans-IO.
+//! - [`groups`]: the consumer-group coordinator (`runnel-group`, sans-IO) wired to a
+//!   clock and to parked requests; [`offset_store`]: committed offsets, persisted in
+//!   the internal topic `__consumer_offsets`.
 //!
 //! ## Boundaries
 //!
@@ -31,7 +34,9 @@ pub mod broker;
 pub mod config;
 pub mod errors;
 pub mod frame;
+pub mod groups;
 pub mod handlers;
+pub mod offset_store;
 pub mod producer_state;
 pub mod server;
 

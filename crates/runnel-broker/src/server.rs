@@ -70,6 +70,9 @@ impl Server {
     /// the request it is serving (long polls answer at once), and returns.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let mut tasks = JoinSet::new();
+        let groups = self.broker.groups().clone();
+        let ticker_shutdown = self.shutdown_tx.subscribe();
+        let ticker = tokio::spawn(async move { groups.run_ticker(ticker_shutdown).await });
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -96,6 +99,7 @@ impl Server {
             warn!("connections still busy after the grace period; closing them");
             tasks.abort_all();
         }
+        let _ = ticker.await;
     }
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr, tasks: &mut JoinSet<()>) {
@@ -163,7 +167,7 @@ async fn read_requests(
         if !is_produce && answered.wait_for(|n| *n == started).await.is_err() {
             break; // the writer has stopped
         }
-        let reply = broker.serve_frame(frame).await;
+        let reply = broker.serve(frame, Some(peer.ip())).await;
         let closing = matches!(reply, Reply::Now(Outcome::Close(_)));
         if replies.send(reply).await.is_err() {
             break;

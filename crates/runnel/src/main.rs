@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 use runnel_broker::{BrokerConfig, Server};
 use runnel_log::{Log, LogConfig};
 
+// A peer's lying length prefix must not abort the broker: see runnel-alloc.
+#[global_allocator]
+static ALLOC: runnel_alloc::LazyHuge = runnel_alloc::LazyHuge;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "runnel",
@@ -92,10 +96,24 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug, trace, or a filter [default: info]
     #[arg(long, env = "RUNNEL_LOG_LEVEL", value_name = "LEVEL")]
     log_level: Option<String>,
+    /// How long a new consumer group waits for more members before its first
+    /// rebalance completes [default: 3000]
+    #[arg(
+        long,
+        env = "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        value_name = "MS"
+    )]
+    group_initial_rebalance_delay_ms: Option<String>,
+    /// Shortest consumer session timeout accepted [default: 6000]
+    #[arg(long, env = "RUNNEL_GROUP_MIN_SESSION_TIMEOUT_MS", value_name = "MS")]
+    group_min_session_timeout_ms: Option<String>,
+    /// Longest consumer session timeout accepted [default: 1800000]
+    #[arg(long, env = "RUNNEL_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
+    group_max_session_timeout_ms: Option<String>,
 }
 
 impl ServeArgs {
-    fn flags(&self) -> [(&'static str, &Option<String>); 10] {
+    fn flags(&self) -> [(&'static str, &Option<String>); 13] {
         [
             ("listen", &self.listen),
             ("advertise", &self.advertise),
@@ -107,6 +125,18 @@ impl ServeArgs {
             ("frame-bytes-max", &self.frame_bytes_max),
             ("connections-max", &self.connections_max),
             ("log-level", &self.log_level),
+            (
+                "group-initial-rebalance-delay-ms",
+                &self.group_initial_rebalance_delay_ms,
+            ),
+            (
+                "group-min-session-timeout-ms",
+                &self.group_min_session_timeout_ms,
+            ),
+            (
+                "group-max-session-timeout-ms",
+                &self.group_max_session_timeout_ms,
+            ),
         ]
     }
 

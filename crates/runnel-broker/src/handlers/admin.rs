@@ -25,6 +25,7 @@ use runnel_log::{LogError, Offset, PartitionId, TopicConfig};
 
 use crate::broker::{Broker, str_bytes, topic_id, topic_name};
 use crate::errors;
+use crate::offset_store::OFFSETS_TOPIC;
 
 /// DescribeConfigs resource types (Kafka's `ConfigResource.Type`).
 const RESOURCE_TOPIC: i8 = 2;
@@ -118,6 +119,12 @@ impl Broker {
                 format!("invalid topic name {name:?}: {r}"),
             )
         })?;
+        if name == OFFSETS_TOPIC {
+            return Err((
+                ResponseError::InvalidTopicException,
+                format!("{OFFSETS_TOPIC} is internal: the broker keeps committed offsets there"),
+            ));
+        }
         if self.log.topic(name).is_some() {
             return Err((
                 ResponseError::TopicAlreadyExists,
@@ -204,9 +211,25 @@ impl Broker {
             };
             r.name = Some(topic_name(&name));
             r.topic_id = topic_id(&self.cluster_id, &name);
+            if name == OFFSETS_TOPIC {
+                r.error_code = ResponseError::InvalidTopicException.code();
+                r.error_message = Some(str_bytes(&format!(
+                    "{OFFSETS_TOPIC} is internal: delete groups instead"
+                )));
+                resp.responses.push(r);
+                continue;
+            }
             let log = self.log.clone();
+            let groups = self.groups.clone();
             let n = name.clone();
-            match self.blocking(move || log.delete_topic(&n)).await {
+            let deleted = self
+                .blocking(move || {
+                    log.delete_topic(&n)?;
+                    // Offsets of a deleted topic go with it.
+                    groups.offsets.delete_topic(&n)
+                })
+                .await;
+            match deleted {
                 Ok(()) => self.producers.forget_topic(&name),
                 Err(e) => {
                     r.error_code = errors::log_error(&e).code();

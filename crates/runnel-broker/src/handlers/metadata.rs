@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::broker::{Broker, node_id, str_bytes, topic_id, topic_name};
 use crate::errors;
+use crate::offset_store::OFFSETS_TOPIC;
 
 impl Broker {
     pub(crate) async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
@@ -67,7 +68,7 @@ impl Broker {
         if let Some(t) = self.log.topic(name) {
             return self.topic_metadata(&t);
         }
-        if !allow_create {
+        if !allow_create || name == OFFSETS_TOPIC {
             return error_topic(name, ResponseError::UnknownTopicOrPartition);
         }
         match self.auto_create(name).await {
@@ -102,6 +103,7 @@ impl Broker {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(topic_name(t.name()));
         topic.topic_id = topic_id(&self.cluster_id, t.name());
+        topic.is_internal = t.name() == OFFSETS_TOPIC;
         topic.partitions = (0..t.partition_count())
             .map(|p| {
                 let mut part = MetadataResponsePartition::default();

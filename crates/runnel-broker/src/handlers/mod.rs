@@ -1,7 +1,9 @@
 //! One module per API family. Each adds methods to [`crate::broker::Broker`].
 
 pub mod admin;
+pub mod commits;
 pub mod fetch;
+pub mod groups;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;

@@ -1,5 +1,6 @@
 //! ListOffsets (2) and OffsetForLeaderEpoch (23).
 
+use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -11,10 +12,11 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::records::RecordBatchDecoder;
+use runnel_log::batch::{BatchHeader, HEADER_BYTES};
+use runnel_log::records::walk_records;
 use runnel_log::{BatchSummary, Log, LogError, Partition, PartitionId};
 
-use crate::broker::{Broker, as_bytes, topic_name};
+use crate::broker::{Broker, topic_name};
 use crate::errors;
 use crate::handlers::check_leader_epoch;
 
@@ -143,8 +145,9 @@ fn list_partition(
 }
 
 /// Finds the record inside `batch`: the first with timestamp `>= ts`, or (for `None`)
-/// the first with the batch's max timestamp. Compressed batches are decompressed.
-/// Returns `(timestamp, offset)`.
+/// the first with the batch's max timestamp. Compressed batches are decompressed, and the
+/// records walked with bounds checks (`runnel_log::records`), so a batch that lies about
+/// its counts costs nothing but its own bytes. Returns `(timestamp, offset)`.
 fn record_at(
     part: &Partition,
     batch: Option<BatchSummary>,
@@ -154,32 +157,66 @@ fn record_at(
         return Ok(None);
     };
     let target = ts.unwrap_or(batch.max_timestamp);
+    // The answer at batch granularity: a correct lower bound when the records cannot be
+    // read (a codec this build lacks, a malformed payload).
     let fallback = Some((batch.max_timestamp, batch.base_offset.0 as i64));
     let read = part.read(batch.base_offset, 1)?;
-    let mut bytes = as_bytes(read.bytes);
-    let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
-        // A batch the codec cannot open (an unknown codec build): answer at batch
-        // granularity, which is still a correct lower bound.
+    let Ok(h) = BatchHeader::parse(&read.bytes) else {
         return Ok(fallback);
     };
-    let log_append_time = matches!(
-        set.records.first().map(|r| r.timestamp_type),
-        Some(kafka_protocol::records::TimestampType::LogAppend)
-    );
-    for rec in &set.records {
-        let rts = if log_append_time {
+    let end = (h.total_bytes() as usize).min(read.bytes.len());
+    let payload = &read.bytes[HEADER_BYTES.min(end)..end];
+    let decompressed;
+    let records: &[u8] = match h.compression() {
+        0 => payload,
+        codec => match decompress(codec, payload) {
+            Some(d) => {
+                decompressed = d;
+                &decompressed
+            }
+            None => return Ok(fallback),
+        },
+    };
+    let log_start = part.log_start_offset().0 as i64;
+    let base_offset = h.base_offset().0 as i64;
+    let mut hit = None;
+    let walked = walk_records(records, h.record_count().max(0) as u32, |r| {
+        if hit.is_some() {
+            return;
+        }
+        let rts = if h.is_log_append_time() {
             batch.max_timestamp
         } else {
-            rec.timestamp
+            h.base_timestamp().saturating_add(r.timestamp_delta)
         };
-        let hit = if ts.is_some() {
+        let matches = if ts.is_some() {
             rts >= target
         } else {
             rts == target
         };
-        if hit && rec.offset >= part.log_start_offset().0 as i64 {
-            return Ok(Some((rts, rec.offset)));
+        let offset = base_offset + i64::from(r.offset_delta);
+        if matches && offset >= log_start {
+            hit = Some((rts, offset));
         }
-    }
-    Ok(fallback)
+    });
+    Ok(if walked.is_ok() {
+        hit.or(fallback)
+    } else {
+        fallback
+    })
+}
+
+/// The records section of a compressed batch, decompressed; `None` if it cannot be.
+fn decompress(codec: u8, payload: &[u8]) -> Option<Bytes> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let mut input = Bytes::copy_from_slice(payload);
+    let all = |b: &mut Bytes| Ok(b.split_to(b.len()));
+    let out = match codec {
+        1 => Gzip::decompress(&mut input, all),
+        2 => Snappy::decompress(&mut input, all),
+        3 => Lz4::decompress(&mut input, all),
+        4 => Zstd::decompress(&mut input, all),
+        _ => return None,
+    };
+    out.ok()
 }

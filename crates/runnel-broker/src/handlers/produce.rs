@@ -22,6 +22,7 @@ use runnel_log::{AppendInfo, AppendTicket, Offset, Partition, PartitionId};
 use crate::broker::{Broker, topic_name};
 use crate::errors;
 use crate::handlers::producers::{SharedProducers, now_ms};
+use crate::offset_store::OFFSETS_TOPIC;
 use crate::producer_state::{BatchSequence, SequenceCheck};
 
 /// Codec ids Kafka defines (none, gzip, snappy, lz4, zstd); 5-7 are invalid.
@@ -106,6 +107,9 @@ impl Broker {
                 let index = pd.index;
                 let early = if !valid_acks {
                     Some(ResponseError::InvalidRequiredAcks)
+                } else if name == OFFSETS_TOPIC {
+                    // Only the broker writes committed offsets.
+                    Some(ResponseError::InvalidTopicException)
                 } else if transactional {
                     Some(ResponseError::TransactionalIdAuthorizationFailed)
                 } else {

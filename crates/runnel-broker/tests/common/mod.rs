@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use runnel_broker::{BrokerConfig, Server};
 use runnel_log::{Log, LogConfig};
 
+// As in the binary: a lying length prefix reserves address space, not memory.
+#[global_allocator]
+static ALLOC: runnel_alloc::LazyHuge = runnel_alloc::LazyHuge;
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -55,6 +59,8 @@ impl TestBroker {
         let mut config = BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.to_path_buf(),
+            // New groups form at once instead of waiting for stragglers.
+            group_initial_rebalance_delay_ms: 0,
             ..BrokerConfig::default()
         };
         tweak(&mut config);

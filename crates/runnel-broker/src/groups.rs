@@ -1,0 +1,191 @@
+//! Wires the sans-IO group coordinator (`runnel-group`) to the broker: a clock, a lock,
+//! parked requests as oneshot channels, and a ticker task that expires sessions and
+//! completes delayed rebalances. Committed offsets live in [`OffsetStore`].
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use runnel_group::{
+    Config, Coordinator, GroupError, JoinRequest, JoinResponse, Output, ReplyTo, SyncRequest,
+    SyncResponse, Time,
+};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::offset_store::OffsetStore;
+
+/// The ticker wakes at least this often, even when no deadline is due.
+const TICK_MS_MAX: u64 = 1_000;
+
+/// The coordinator, its clock and the requests parked on it.
+#[derive(Debug)]
+pub struct Groups {
+    state: Mutex<State>,
+    /// Zero of the coordinator's clock.
+    epoch: Instant,
+    /// Deadlines may have moved: the ticker re-plans.
+    changed: Notify,
+    /// Committed offsets.
+    pub offsets: OffsetStore,
+}
+
+#[derive(Debug)]
+struct State {
+    coordinator: Coordinator,
+    waiting: HashMap<ReplyTo, oneshot::Sender<Output>>,
+    next_reply: u64,
+}
+
+impl State {
+    fn deliver(&mut self, out: Vec<Output>) {
+        for o in out {
+            let to = match &o {
+                Output::Join(r, _) | Output::Sync(r, _) => *r,
+            };
+            if let Some(tx) = self.waiting.remove(&to) {
+                // The client may have gone away meanwhile; nothing to do then.
+                let _ = tx.send(o);
+            }
+        }
+    }
+
+    fn park(&mut self) -> (ReplyTo, oneshot::Receiver<Output>) {
+        self.next_reply += 1;
+        let r = ReplyTo(self.next_reply);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(r, tx);
+        (r, rx)
+    }
+}
+
+impl Groups {
+    /// A coordinator with `config`; `seed` makes member ids unpredictable.
+    #[must_use]
+    pub fn new(config: Config, seed: u64, offsets: OffsetStore) -> Groups {
+        let mut coordinator = Coordinator::new(config, seed);
+        // Groups known only by their offsets exist (Empty) after a restart, as in Kafka.
+        for g in offsets.groups() {
+            let _ = coordinator.ensure_group(&g);
+        }
+        Groups {
+            state: Mutex::new(State {
+                coordinator,
+                waiting: HashMap::new(),
+                next_reply: 0,
+            }),
+            epoch: Instant::now(),
+            changed: Notify::new(),
+            offsets,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the coordinator with the current time; answers any requests it
+    /// completes.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Coordinator, Time, &mut Vec<Output>) -> T) -> T {
+        let now = self.now();
+        let mut out = Vec::new();
+        let mut st = self.lock();
+        let result = f(&mut st.coordinator, now, &mut out);
+        st.deliver(out);
+        drop(st);
+        self.changed.notify_one();
+        result
+    }
+
+    /// Reads the coordinator.
+    pub fn read<T>(&self, f: impl FnOnce(&Coordinator) -> T) -> T {
+        f(&self.lock().coordinator)
+    }
+
+    /// JoinGroup: answers now or when the rebalance completes. On broker shutdown a
+    /// parked join is answered with COORDINATOR_NOT_AVAILABLE, so the client looks again.
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> JoinResponse {
+        let member_id = req.member_id.clone();
+        let rx = self.start(|c, now, r, out| c.join(now, r, req, out));
+        match wait(rx, shutdown).await {
+            Some(Output::Join(_, j)) => j,
+            _ => JoinResponse {
+                error: Some(GroupError::CoordinatorNotAvailable),
+                generation_id: -1,
+                member_id,
+                ..JoinResponse::default()
+            },
+        }
+    }
+
+    /// SyncGroup: answers now or when the leader's assignment arrives.
+    pub async fn sync(
+        &self,
+        req: SyncRequest,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SyncResponse {
+        let rx = self.start(|c, now, r, out| c.sync(now, r, req, out));
+        match wait(rx, shutdown).await {
+            Some(Output::Sync(_, s)) => s,
+            _ => SyncResponse {
+                error: Some(GroupError::CoordinatorNotAvailable),
+                ..SyncResponse::default()
+            },
+        }
+    }
+
+    fn start(
+        &self,
+        f: impl FnOnce(&mut Coordinator, Time, ReplyTo, &mut Vec<Output>),
+    ) -> oneshot::Receiver<Output> {
+        let now = self.now();
+        let mut out = Vec::new();
+        let mut st = self.lock();
+        let (r, rx) = st.park();
+        f(&mut st.coordinator, now, r, &mut out);
+        st.deliver(out);
+        drop(st);
+        self.changed.notify_one();
+        rx
+    }
+
+    /// Expires sessions and completes rebalances on time until `shutdown` turns true.
+    pub async fn run_ticker(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            // Not `with`: its notification would wake this loop at once.
+            let next = {
+                let now = self.now();
+                let mut out = Vec::new();
+                let mut st = self.lock();
+                st.coordinator.tick(now, &mut out);
+                st.deliver(out);
+                st.coordinator
+                    .next_deadline()
+                    .map(|d| d.0.saturating_sub(now.0))
+            };
+            let wait_ms = next.unwrap_or(TICK_MS_MAX).clamp(1, TICK_MS_MAX);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                () = self.changed.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+async fn wait(
+    rx: oneshot::Receiver<Output>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Output> {
+    tokio::select! {
+        o = rx => o.ok(),
+        _ = shutdown.wait_for(|s| *s) => None,
+    }
+}
