@@ -3,7 +3,7 @@
 
 use std::io;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -33,6 +33,9 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+/// A frame's buffer grows by at most this much at a time.
+const FRAME_READ_CHUNK_BYTES: usize = 1 << 20;
+
 /// Reads one frame body. `Ok(None)` means the peer closed the connection cleanly between
 /// frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
@@ -53,12 +56,80 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if size > max {
         return Err(FrameError::TooLarge { size, max });
     }
-    let mut body = BytesMut::zeroed(size);
-    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    // The buffer grows with the bytes that arrive, not with the size the peer claims: a
+    // thousand connections each announcing 100 MiB and sending nothing hold no memory.
+    // Nor is it zeroed first: the socket writes every byte of it.
+    let mut body = BytesMut::with_capacity(size.min(FRAME_READ_CHUNK_BYTES));
+    while body.len() < size {
+        let want = size - body.len();
+        if body.capacity() == body.len() {
+            body.reserve(want.min(FRAME_READ_CHUNK_BYTES));
+        }
+        let n = r.read_buf(&mut (&mut body).limit(want)).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated);
+        }
+    }
     Ok(Some(body))
+}
+
+/// Reads frames from a byte stream, keeping partial frames in its own buffer, so that
+/// [`FrameReader::next`] is cancel-safe: a connection loop can `select!` on it.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+/// Bytes asked of the socket per read at least: several small pipelined requests
+/// arrive in one system call.
+const READ_BYTES_MIN: usize = 64 << 10;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Frames of `inner`, each at most `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(READ_BYTES_MIN),
+            max,
+        }
+    }
+
+    /// The next frame body; `Ok(None)` when the peer closed cleanly between frames.
+    /// Memory grows with the bytes that arrive, not with the size a peer claims.
+    pub async fn next(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        loop {
+            let mut want = READ_BYTES_MIN;
+            if let Some(head) = self.buf.first_chunk::<4>() {
+                let size = i32::from_be_bytes(*head);
+                if size < REQUEST_PREFIX_BYTES as i32 {
+                    return Err(FrameError::BadSize(size));
+                }
+                let size = size as usize;
+                if size > self.max {
+                    return Err(FrameError::TooLarge {
+                        size,
+                        max: self.max,
+                    });
+                }
+                if self.buf.len() >= 4 + size {
+                    let mut frame = self.buf.split_to(4 + size);
+                    frame.advance(4);
+                    return Ok(Some(frame));
+                }
+                want = want.max((4 + size - self.buf.len()).min(FRAME_READ_CHUNK_BYTES));
+            }
+            self.buf.reserve(want);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+    }
 }
 
 /// The request prefix, read as raw bytes before any decoding so the broker can answer

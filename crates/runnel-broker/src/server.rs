@@ -1,26 +1,31 @@
 //! The TCP server: accept with a connection limit, one task per connection that reads
 //! frames and answers them strictly in order, and graceful shutdown.
 //!
-//! A connection is a reader and a writer joined by a bounded queue of replies. Effects
-//! and answers keep request order; only the durability waits of consecutive Produce
-//! requests overlap, which is what lets one producer's requests share an fsync.
+//! Effects and answers keep request order; only the durability waits of consecutive
+//! Produce requests overlap, which is what lets one producer's requests share an fsync.
+//! A connection is one task (no hand-offs between tasks per request): it selects
+//! between the next frame and the oldest pending answer.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use kafka_protocol::messages::ApiKey;
 use runnel_log::Log;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, Outcome, Reply};
 use crate::config::BrokerConfig;
-use crate::frame::{FrameError, read_frame, request_prefix};
+use crate::frame::{FrameError, FrameReader, request_prefix};
 
 /// Requests one connection may have started but not yet answered: Produces waiting
 /// for durability behind each other. librdkafka keeps at most 5 in flight by default
@@ -117,95 +122,109 @@ impl Server {
     }
 }
 
+/// A Produce's answer, waiting for its batches to be durable.
+type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// What woke the connection loop.
+enum Event {
+    /// The oldest pending Produce is answered.
+    Answered(Outcome),
+    /// The next request frame (or the end of the stream, or a framing error).
+    Frame(Result<Option<BytesMut>, FrameError>),
+    /// The server is stopping.
+    Shutdown,
+}
+
+/// One connection, one task: reads requests and starts them in order. A Produce is
+/// started as soon as the Produce before it has appended, so consecutive requests of one
+/// producer share fsyncs; its answer waits in `pending`, and answers leave strictly in
+/// request order. Any other request first waits until everything before it is answered,
+/// so it observes their effects exactly as if requests ran one at a time.
 async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     debug!(%peer, "connection opened");
-    let (read, write) = stream.into_split();
-    let (replies_tx, replies_rx) = mpsc::channel(PIPELINE_DEPTH);
-    let (done_tx, done_rx) = watch::channel(0u64);
-    tokio::join!(
-        read_requests(&broker, read, replies_tx, done_rx, peer),
-        write_responses(write, replies_rx, done_tx, peer),
-    );
+    let (read, mut write) = stream.into_split();
+    let mut frames = FrameReader::new(read, broker.config.frame_bytes_max);
+    let mut shutdown = broker.shutdown.clone();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut open = true;
+    while open {
+        let event = tokio::select! {
+            // Only the oldest is awaited: answers go out in order.
+            outcome = async { pending.front_mut().expect("not empty").await }, if !pending.is_empty() => {
+                Event::Answered(outcome)
+            }
+            frame = frames.next(), if pending.len() < PIPELINE_DEPTH => Event::Frame(frame),
+            _ = shutdown.changed() => Event::Shutdown,
+        };
+        open = match event {
+            Event::Answered(outcome) => {
+                pending.pop_front();
+                answer(&mut write, outcome, peer).await
+            }
+            Event::Frame(Ok(Some(frame))) => {
+                let is_produce =
+                    request_prefix(&frame).is_some_and(|p| p.api_key == ApiKey::Produce as i16);
+                if !is_produce && !drain(&mut pending, &mut write, peer).await {
+                    break;
+                }
+                match broker.serve(frame, Some(peer.ip())).await {
+                    Reply::Later(answer) => {
+                        pending.push_back(answer);
+                        true
+                    }
+                    Reply::Now(outcome) => {
+                        drain(&mut pending, &mut write, peer).await
+                            && answer(&mut write, outcome, peer).await
+                    }
+                }
+            }
+            Event::Frame(Ok(None)) => false,
+            Event::Frame(Err(FrameError::Io(e))) => {
+                debug!(%peer, error = %e, "connection error");
+                false
+            }
+            Event::Frame(Err(e)) => {
+                warn!(%peer, error = %e, "closing connection");
+                false
+            }
+            Event::Shutdown => false,
+        } && !*shutdown.borrow();
+    }
+    // Requests in flight are finished and answered, if the peer still listens.
+    drain(&mut pending, &mut write, peer).await;
+    let _ = write.shutdown().await;
     debug!(%peer, "connection closed");
 }
 
-/// Reads and starts requests in order. A Produce is started as soon as the Produce
-/// before it has appended, so one producer's consecutive requests share fsyncs; any
-/// other request waits until everything before it has been answered, so it observes
-/// their effects exactly as if requests ran one at a time.
-async fn read_requests(
-    broker: &Broker,
-    read: OwnedReadHalf,
-    replies: mpsc::Sender<Reply>,
-    mut answered: watch::Receiver<u64>,
-    peer: SocketAddr,
-) {
-    let mut read = BufReader::with_capacity(64 << 10, read);
-    let mut shutdown = broker.shutdown.clone();
-    let max = broker.config.frame_bytes_max;
-    let mut started = 0u64;
-    loop {
-        let frame = tokio::select! {
-            f = read_frame(&mut read, max) => f,
-            _ = shutdown.changed() => break,
-            () = replies.closed() => break,
-        };
-        let frame = match frame {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(FrameError::Io(e)) => {
-                debug!(%peer, error = %e, "connection error");
-                break;
-            }
+/// Sends one answer; false when the connection must close.
+async fn answer(write: &mut OwnedWriteHalf, outcome: Outcome, peer: SocketAddr) -> bool {
+    match outcome {
+        Outcome::Respond(bytes) => match write.write_all(&bytes).await {
+            Ok(()) => true,
             Err(e) => {
-                warn!(%peer, error = %e, "closing connection");
-                break;
+                debug!(%peer, error = %e, "could not write response");
+                false
             }
-        };
-        let is_produce =
-            request_prefix(&frame).is_some_and(|p| p.api_key == ApiKey::Produce as i16);
-        if !is_produce && answered.wait_for(|n| *n == started).await.is_err() {
-            break; // the writer has stopped
-        }
-        let reply = broker.serve(frame, Some(peer.ip())).await;
-        let closing = matches!(reply, Reply::Now(Outcome::Close(_)));
-        if replies.send(reply).await.is_err() {
-            break;
-        }
-        started += 1;
-        if closing || *shutdown.borrow() {
-            break;
+        },
+        Outcome::Silent => true,
+        Outcome::Close(reason) => {
+            warn!(%peer, %reason, "closing connection");
+            false
         }
     }
 }
 
-/// Writes answers in request order, each once it is ready.
-async fn write_responses(
-    mut write: OwnedWriteHalf,
-    mut replies: mpsc::Receiver<Reply>,
-    answered: watch::Sender<u64>,
+/// Answers every pending Produce, oldest first; false when the connection must close.
+async fn drain(
+    pending: &mut VecDeque<Pending>,
+    write: &mut OwnedWriteHalf,
     peer: SocketAddr,
-) {
-    let mut n = 0u64;
-    while let Some(reply) = replies.recv().await {
-        match reply.outcome().await {
-            Outcome::Respond(bytes) => {
-                if let Err(e) = write.write_all(&bytes).await {
-                    debug!(%peer, error = %e, "could not write response");
-                    break;
-                }
-            }
-            Outcome::Silent => {}
-            Outcome::Close(reason) => {
-                warn!(%peer, %reason, "closing connection");
-                break;
-            }
+) -> bool {
+    while let Some(p) = pending.pop_front() {
+        if !answer(write, p.await, peer).await {
+            pending.clear();
+            return false;
         }
-        n += 1;
-        answered.send_replace(n);
     }
-    // Dropping the receiver stops the reader; replies not yet written are abandoned,
-    // which is safe: none was acknowledged.
-    drop(replies);
-    let _ = write.shutdown().await;
+    true
 }

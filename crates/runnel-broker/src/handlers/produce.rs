@@ -1,8 +1,8 @@
 //! Produce (0): validate each partition's batch, check idempotent sequences, append.
 //!
-//! A Produce runs in two steps. [`Broker::produce`] validates and appends: when it
+//! A Produce runs in two steps. `Broker::produce` validates and appends: when it
 //! returns, every batch has its offsets and the log order is fixed. The returned
-//! [`ProduceInFlight`] then waits until those batches are durable and builds the
+//! `ProduceInFlight` then waits until those batches are durable and builds the
 //! response. The connection loop starts the next request between the two steps, so the
 //! fsyncs of consecutive requests from one producer overlap (see `server.rs`).
 //!
@@ -41,48 +41,64 @@ pub(crate) struct ProduceInFlight {
     waits: Vec<DurableWait>,
 }
 
+/// One partition's wait for durability, already under way: it starts as soon as the
+/// batch is appended, so the fsyncs of consecutive requests on other partitions overlap
+/// instead of queueing behind the answers before them.
 #[derive(Debug)]
 struct DurableWait {
     topic: usize,
     partition: usize,
-    log: Arc<Partition>,
-    ticket: AppendTicket,
+    index: i32,
+    durable: Durable,
+}
+
+#[derive(Debug)]
+enum Durable {
+    /// Nothing to wait for (`interval` or `never` durability).
+    Now(AppendInfo),
+    /// The fsync wait, on the blocking pool.
+    Pending(tokio::task::JoinHandle<Result<AppendInfo, runnel_log::LogError>>),
+}
+
+impl DurableWait {
+    fn start(topic: usize, partition: usize, log: Arc<Partition>, ticket: AppendTicket) -> Self {
+        let index = log.id().0 as i32;
+        let durable = if ticket.needs_sync() {
+            Durable::Pending(tokio::task::spawn_blocking(move || {
+                log.wait_durable(ticket)
+            }))
+        } else {
+            Durable::Now(ticket.info())
+        };
+        DurableWait {
+            topic,
+            partition,
+            index,
+            durable,
+        }
+    }
 }
 
 impl ProduceInFlight {
     /// Waits until every appended batch is durable, then builds the response (none for
-    /// `acks=0`). The waits of several partitions run in parallel.
+    /// `acks=0`).
     pub(crate) async fn finish(self) -> Option<ProduceResponse> {
         let ProduceInFlight {
             acks,
             mut response,
             waits,
         } = self;
-        let mut handles = Vec::with_capacity(waits.len());
         for w in waits {
-            let slot = (w.topic, w.partition);
-            let index = w.log.id().0 as i32;
-            let handle = if w.ticket.needs_sync() {
-                let DurableWait { log, ticket, .. } = w;
-                Err(tokio::task::spawn_blocking(move || {
-                    log.wait_durable(ticket)
-                }))
-            } else {
-                Ok(w.log.wait_durable(w.ticket))
-            };
-            handles.push((slot, index, handle));
-        }
-        for ((t, p), index, handle) in handles {
-            let result = match handle {
-                Ok(r) => r,
-                Err(join) => match join.await {
+            let result = match w.durable {
+                Durable::Now(info) => Ok(info),
+                Durable::Pending(join) => match join.await {
                     Ok(r) => r,
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
             };
-            response.responses[t].partition_responses[p] = match result {
-                Ok(info) => ok_response(index, info),
-                Err(e) => error_response(index, errors::log_error(&e)),
+            response.responses[w.topic].partition_responses[w.partition] = match result {
+                Ok(info) => ok_response(w.index, info),
+                Err(e) => error_response(w.index, errors::log_error(&e)),
             };
         }
         (acks != 0).then_some(response)
@@ -155,12 +171,7 @@ impl Broker {
                     Ok(join) => match join.await {
                         Ok((_, Err(refused))) => error_response(index, refused),
                         Ok((log, Ok(ticket))) => {
-                            waits.push(DurableWait {
-                                topic: t,
-                                partition: p,
-                                log,
-                                ticket,
-                            });
+                            waits.push(DurableWait::start(t, p, log, ticket));
                             // Replaced by `finish`.
                             error_response(index, ResponseError::RequestTimedOut)
                         }
