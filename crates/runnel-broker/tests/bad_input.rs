@@ -12,13 +12,12 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
+use common::raw::{Client, framed, request_frame};
 use common::{TempDir, TestBroker};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -29,15 +28,12 @@ use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, FetchRequest,
     InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProducerId, RequestHeader, ResponseHeader, TopicName,
+    ProducerId, ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_broker::apis::SUPPORTED;
 use runnel_log::batch::{KeyValue, build_batch, seal_crc};
-
-/// Every read and write on a test socket gives up after this long.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 // Error codes, as numbered in the brief's §10.
 const NONE: i16 = 0;
@@ -135,116 +131,6 @@ impl Fixture {
         );
         self.broker.stop();
     }
-}
-
-/// A blocking Kafka client over one TCP connection.
-struct Client {
-    stream: TcpStream,
-    next_correlation_id: i32,
-}
-
-impl Client {
-    fn connect(b: &TestBroker) -> Client {
-        let stream = TcpStream::connect_timeout(&b.addr, IO_TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            next_correlation_id: 1,
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the broker");
-    }
-
-    /// Sends `req` at `version`; returns its correlation id.
-    fn send<R: Request>(&mut self, req: &R, version: i16) -> i32 {
-        let correlation_id = self.next_correlation_id;
-        self.next_correlation_id += 1;
-        let frame = request_frame(req, version, correlation_id);
-        self.send_raw(&frame);
-        correlation_id
-    }
-
-    /// Reads one response frame body (after the size prefix).
-    fn read_frame(&mut self) -> Bytes {
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .unwrap_or_else(|e| panic!("no response frame within {IO_TIMEOUT:?}: {e}"));
-        let size = i32::from_be_bytes(size);
-        assert!(
-            (4..=64 << 20).contains(&size),
-            "implausible response size {size}"
-        );
-        let mut body = vec![0u8; size as usize];
-        self.stream
-            .read_exact(&mut body)
-            .unwrap_or_else(|e| panic!("response frame cut short: {e}"));
-        Bytes::from(body)
-    }
-
-    /// Reads the response to the request `correlation_id` of type `R` at `version`.
-    fn receive<R: Request>(&mut self, version: i16, correlation_id: i32) -> R::Response {
-        let mut frame = self.read_frame();
-        let header = ResponseHeader::decode(
-            &mut frame,
-            <R::Response as HeaderVersion>::header_version(version),
-        )
-        .expect("response header decodes");
-        assert_eq!(
-            header.correlation_id, correlation_id,
-            "responses out of order"
-        );
-        let response =
-            <R::Response as Decodable>::decode(&mut frame, version).expect("response body decodes");
-        assert_eq!(frame.remaining(), 0, "bytes left after the response body");
-        response
-    }
-
-    fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
-        let correlation_id = self.send(req, version);
-        self.receive::<R>(version, correlation_id)
-    }
-
-    /// Asserts that the broker closes this connection without answering: the next read
-    /// sees end of stream (or a reset, when the broker closed with our bytes unread).
-    fn expect_closed(&mut self, what: &str) {
-        let mut buf = [0u8; 64];
-        match self.stream.read(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => panic!("{what}: expected the connection closed, got {n} bytes"),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {}
-            Err(e) => panic!(
-                "{what}: expected the connection closed within {IO_TIMEOUT:?}, got {e} \
-                 (a timeout means the broker kept it open)"
-            ),
-        }
-    }
-}
-
-/// A whole request frame: size, header of the version the API wants, body.
-fn request_frame<R: Request>(req: &R, version: i16, correlation_id: i32) -> Vec<u8> {
-    let key = ApiKey::try_from(R::KEY).expect("known api key");
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("bad-input-test")));
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, key.request_header_version(version))
-        .expect("header encodes");
-    req.encode(&mut body, version).expect("request encodes");
-    framed(&body)
-}
-
-fn framed(body: &[u8]) -> Vec<u8> {
-    let mut out = (body.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
 }
 
 fn now_ms() -> i64 {

@@ -25,3 +25,8 @@ fn kafkajs_acks_zero_gets_no_response_and_lands_in_order() {
 fn kafkajs_admin_creates_lists_grows_describes_and_deletes() {
     scenario("admin");
 }
+
+#[test]
+fn kafkajs_competing_consumers_split_four_partitions_two_and_two() {
+    scenario("competing");
+}

@@ -59,6 +59,15 @@ async function readAll(topic, count, offset = 0) {
 
 const str = b => (b === null ? null : b.toString())
 
+// Waits until `done()` holds, polling every 50 ms, for at most `ms`.
+async function waitFor(done, what, ms = 30000) {
+  const deadline = Date.now() + ms
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(r => setTimeout(r, 50))
+  }
+}
+
 const scenarios = {
   // Keys, headers and null values through an idempotent producer, uncompressed and
   // gzip (the one codec kafkajs ships), then offsets by time and watermarks.
@@ -130,6 +139,59 @@ const scenarios = {
     await producer.disconnect()
     const got = await readAll(topic, 20)
     got.forEach((m, i) => assert.strictEqual(str(m.value), `fire ${i}`))
+  },
+
+  // Competing consumers: two members of one group on 4 partitions get 2 each, and
+  // between them read every record once.
+  async competing() {
+    const topic = 'kafkajs-competing'
+    const admin = kafka.admin()
+    await admin.connect()
+    await admin.createTopics({ topics: [{ topic, numPartitions: 4 }], waitForLeaders: true })
+    await admin.disconnect()
+    const assigned = new Map()
+    const seen = []
+    const members = []
+    for (const name of ['a', 'b']) {
+      const c = kafka.consumer({
+        groupId: 'kafkajs-workers',
+        sessionTimeout: 10000,
+        rebalanceTimeout: 10000,
+        heartbeatInterval: 500,
+      })
+      await c.connect()
+      c.on(c.events.GROUP_JOIN, e => {
+        assigned.set(name, (e.payload.memberAssignment[topic] || []).slice().sort())
+      })
+      await c.subscribe({ topic, fromBeginning: true })
+      await c.run({
+        eachMessage: async ({ partition, message }) => {
+          seen.push([name, partition, message.offset])
+        },
+      })
+      members.push(c)
+    }
+    const two = n => (assigned.get(n) || []).length === 2
+    await waitFor(() => two('a') && two('b'), 'two partitions each')
+    const all = [...assigned.get('a'), ...assigned.get('b')].sort()
+    assert.deepStrictEqual(all, [0, 1, 2, 3])
+
+    const producer = kafka.producer()
+    await producer.connect()
+    const messages = []
+    for (let p = 0; p < 4; p++) {
+      for (let i = 0; i < 10; i++) messages.push({ value: `p${p}-${i}`, partition: p })
+    }
+    await producer.send({ topic, acks: -1, messages })
+    await producer.disconnect()
+
+    await waitFor(() => seen.length >= 40, 'all 40 records')
+    const keys = seen.map(([, p, o]) => `${p}:${o}`)
+    assert.strictEqual(new Set(keys).size, 40, 'each record once')
+    for (const [name, p] of seen) {
+      assert.ok(assigned.get(name).includes(p), `${name} read partition ${p} it was not given`)
+    }
+    for (const c of members) await c.disconnect()
   },
 
   // Admin: create, list, describe, grow, read config, delete.
