@@ -3,6 +3,7 @@
 
 mod bench;
 mod histogram;
+mod tools;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,6 +41,34 @@ enum Command {
     runnel bench e2e --rate-mb 20 --duration 20"
     )]
     Bench(BenchMode),
+    /// Create, list, describe, delete and reconfigure topics.
+    Topic {
+        #[command(flatten)]
+        conn: tools::Connection,
+        #[command(subcommand)]
+        cmd: tools::topic::TopicCommand,
+    },
+    /// Write records from standard input or a file.
+    Produce {
+        #[command(flatten)]
+        conn: tools::Connection,
+        #[command(flatten)]
+        args: tools::produce::ProduceArgs,
+    },
+    /// Read records: from the start, the end, an offset or a time; once or following.
+    Consume {
+        #[command(flatten)]
+        conn: tools::Connection,
+        #[command(flatten)]
+        args: tools::consume::ConsumeArgs,
+    },
+    /// List, describe, delete consumer groups and reset their offsets.
+    Group {
+        #[command(flatten)]
+        conn: tools::Connection,
+        #[command(subcommand)]
+        cmd: tools::group::GroupCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +203,18 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Bench(mode)) => return run_bench(mode),
+        Some(Command::Topic { conn, cmd }) => {
+            return run_tool("topic", || tools::topic::run_blocking(&conn, cmd));
+        }
+        Some(Command::Produce { conn, args }) => {
+            return run_tool("produce", || tools::produce::run(&conn, args));
+        }
+        Some(Command::Consume { conn, args }) => {
+            return run_tool("consume", || tools::consume::run(&conn, args));
+        }
+        Some(Command::Group { conn, cmd }) => {
+            return run_tool("group", || tools::group::run_blocking(&conn, cmd));
+        }
         None => ServeArgs::default_from_env(),
     };
     let config = match args.to_config() {
@@ -204,6 +245,12 @@ impl ServeArgs {
         }
         Only::parse_from(["runnel"]).args
     }
+}
+
+/// Runs an operator command that needs the broker address.
+fn run_tool(name: &str, f: impl FnOnce() -> Result<(), tools::Failure>) -> ExitCode {
+    init_tracing("error");
+    tools::finish(name, f())
 }
 
 fn run_bench(mode: BenchMode) -> ExitCode {
@@ -276,6 +323,7 @@ fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             .await
             .context("cannot bind the Kafka listener")?;
         let addr = server.local_addr()?;
+        let stop = shutdown_signal()?;
         let node = server.broker().advertised();
         println!(
             "runnel: Kafka API listening on {addr} (advertised as {}:{}), data in {}",
@@ -283,7 +331,7 @@ fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             node.port,
             data_dir.display()
         );
-        server.run(shutdown_signal()).await;
+        server.run(stop).await;
         anyhow::Ok(())
     })?;
     drop(runtime);
@@ -300,17 +348,17 @@ fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled, so a signal that arrives right after the startup
+/// line is already caught.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

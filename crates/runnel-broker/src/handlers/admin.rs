@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
@@ -16,9 +17,9 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
 };
 use runnel_log::config::{PARTITIONS_MAX, validate_topic_name};
 use runnel_log::{LogError, Offset, PartitionId, TopicConfig};
@@ -282,6 +283,73 @@ impl Broker {
             resp
         })
         .await
+    }
+
+    /// AlterConfigs (33): replaces a topic's overrides with the given set, as Kafka's
+    /// (non-incremental) AlterConfigs does. Values are validated before anything
+    /// changes; `validate_only` stops there.
+    pub(crate) async fn alter_configs(&self, req: AlterConfigsRequest) -> AlterConfigsResponse {
+        let mut resp = AlterConfigsResponse::default();
+        for res in req.resources {
+            let mut r = AlterConfigsResourceResponse::default();
+            r.resource_type = res.resource_type;
+            r.resource_name = res.resource_name.clone();
+            let name = res.resource_name.to_string();
+            let refusal = if res.resource_type != RESOURCE_TOPIC {
+                Some((
+                    ResponseError::InvalidRequest,
+                    "only topic settings can be changed".to_string(),
+                ))
+            } else if name == OFFSETS_TOPIC {
+                Some((
+                    ResponseError::InvalidTopicException,
+                    format!("{OFFSETS_TOPIC} is internal"),
+                ))
+            } else if let Some(topic) = self.log.topic(&name) {
+                let set: BTreeMap<String, String> = res
+                    .configs
+                    .iter()
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), v.to_string()))
+                    })
+                    .collect();
+                let remove: Vec<String> = topic
+                    .overrides()
+                    .into_keys()
+                    .filter(|k| !set.contains_key(k))
+                    .collect();
+                let log = self.log.clone();
+                let validate_only = req.validate_only;
+                let outcome = self
+                    .blocking(move || {
+                        if validate_only {
+                            let mut all = log.config().topic_defaults.clone();
+                            set.iter()
+                                .try_for_each(|(k, v)| all.set(k, v).map(|_| ()))
+                                .map_err(LogError::from)
+                        } else {
+                            log.alter_topic_config(&name, &set, &remove).map(|_| ())
+                        }
+                    })
+                    .await;
+                outcome
+                    .err()
+                    .map(|e| (errors::log_error(&e), e.to_string()))
+            } else {
+                Some((
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {name:?} does not exist"),
+                ))
+            };
+            if let Some((e, message)) = refusal {
+                r.error_code = e.code();
+                r.error_message = Some(str_bytes(&message));
+            }
+            resp.responses.push(r);
+        }
+        resp
     }
 
     pub(crate) fn describe_configs(
