@@ -112,6 +112,8 @@ pub struct Broker {
     pub(crate) groups: Arc<Groups>,
     pub(crate) shutdown: watch::Receiver<bool>,
     requests: Arc<RequestCounts>,
+    /// Kafka connections open now.
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Broker {
@@ -151,6 +153,7 @@ impl Broker {
             groups,
             shutdown,
             requests: Arc::default(),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -170,6 +173,30 @@ impl Broker {
     #[must_use]
     pub fn advertised(&self) -> &Node {
         &self.node
+    }
+
+    /// The settings it runs with.
+    #[must_use]
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Turns true when shutdown begins, for services that stop with the broker.
+    #[must_use]
+    pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// False once shutdown has begun.
+    #[must_use]
+    pub fn serving(&self) -> bool {
+        !*self.shutdown.borrow()
+    }
+
+    /// Kafka connections open now.
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// The group coordinator and committed offsets.

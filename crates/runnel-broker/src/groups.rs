@@ -189,3 +189,25 @@ async fn wait(
         _ = shutdown.wait_for(|s| *s) => None,
     }
 }
+
+/// The (topic, partition)s of a consumer-protocol assignment (the bytes a `consumer`
+/// group's leader hands each member); empty when they are not one.
+#[must_use]
+pub fn assigned_partitions(assignment: &bytes::Bytes) -> Vec<(String, i32)> {
+    use bytes::Buf;
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::protocol::Decodable;
+    let mut b = assignment.clone();
+    if b.len() < 2 {
+        return Vec::new();
+    }
+    let version = b.get_i16().clamp(0, 3);
+    match ConsumerProtocolAssignment::decode(&mut b, version) {
+        Ok(a) => a
+            .assigned_partitions
+            .iter()
+            .flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.0.to_string(), *p)))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -38,6 +38,7 @@ pub mod groups;
 pub mod handlers;
 pub mod offset_store;
 pub mod producer_state;
+pub mod records;
 pub mod server;
 
 pub use broker::{Broker, Outcome, Reply};

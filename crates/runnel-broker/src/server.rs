@@ -116,7 +116,13 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let broker = self.broker.clone();
         tasks.spawn(async move {
-            serve_connection(broker, stream, peer).await;
+            broker
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serve_connection(broker.clone(), stream, peer).await;
+            broker
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             drop(permit);
         });
     }

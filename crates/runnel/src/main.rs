@@ -104,7 +104,7 @@ struct ServeArgs {
     /// Data directory [default: ./runnel-data]
     #[arg(long, env = "RUNNEL_DATA_DIR", value_name = "DIR")]
     data_dir: Option<String>,
-    /// HTTP API address, used by the HTTP API once it lands [default: 127.0.0.1:8080]
+    /// HTTP API address: REST, /metrics and /health; port 0 picks a free port [default: 127.0.0.1:8080]
     #[arg(long, env = "RUNNEL_HTTP", value_name = "ADDR")]
     http: Option<String>,
     /// Partitions of auto-created topics [default: 1]
@@ -318,20 +318,49 @@ fn serve(config: BrokerConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let data_dir = config.data_dir.clone();
+    let http_addr = config.http;
     runtime.block_on(async {
         let server = Server::bind(config, log.clone())
             .await
             .context("cannot bind the Kafka listener")?;
         let addr = server.local_addr()?;
         let stop = shutdown_signal()?;
+        // The HTTP API stops when the broker does.
+        let broker = server.broker().clone();
+        let mut stopping = broker.shutdown_watch();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let http = tokio::spawn(runnel_http::serve(
+            broker,
+            http_addr,
+            bound_tx,
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            },
+        ));
+        let http_bound = match bound_rx.await {
+            Ok(a) => a,
+            Err(_) => {
+                let e = http.await.map_err(anyhow::Error::from)?.err();
+                return Err(anyhow::anyhow!(
+                    "cannot bind the HTTP API on {http_addr}: {}",
+                    e.map_or_else(|| "unknown error".to_string(), |e| e.to_string())
+                ));
+            }
+        };
         let node = server.broker().advertised();
-        println!(
+        say(&format!(
             "runnel: Kafka API listening on {addr} (advertised as {}:{}), data in {}",
             node.host,
             node.port,
             data_dir.display()
-        );
+        ));
+        say(&format!(
+            "runnel: HTTP API on http://{http_bound} (metrics at /metrics)"
+        ));
         server.run(stop).await;
+        if let Ok(Err(e)) = http.await {
+            tracing::warn!(error = %e, "the HTTP API stopped with an error");
+        }
         anyhow::Ok(())
     })?;
     drop(runtime);
@@ -344,8 +373,17 @@ fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             );
         }
     }
-    println!("runnel: stopped cleanly");
+    say("runnel: stopped cleanly");
     Ok(())
+}
+
+/// Prints a status line. A closed standard output (the reader went away) is not a
+/// reason for the broker to stop, as `println!` would make it.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not

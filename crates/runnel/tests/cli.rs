@@ -64,6 +64,8 @@ fn serve_prints_where_it_listens_and_stops_cleanly_on_sigterm() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
             "--data-dir",
@@ -77,6 +79,26 @@ fn serve_prints_where_it_listens_and_stops_cleanly_on_sigterm() {
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("listening on 127.0.0.1:"), "{first}");
     assert!(first.contains(&dir.display().to_string()), "{first}");
+    // The HTTP API is up too, on the port it printed.
+    let second = lines.next().unwrap().unwrap();
+    let http = second
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no HTTP address in {second:?}"))
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&http).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#"{"status":"live"}"#), "{answer}");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

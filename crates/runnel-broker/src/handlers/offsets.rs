@@ -1,6 +1,5 @@
 //! ListOffsets (2) and OffsetForLeaderEpoch (23).
 
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -169,7 +168,7 @@ fn record_at(
     let decompressed;
     let records: &[u8] = match h.compression() {
         0 => payload,
-        codec => match decompress(codec, payload) {
+        codec => match crate::records::decompress(codec, payload) {
             Some(d) => {
                 decompressed = d;
                 &decompressed
@@ -204,19 +203,4 @@ fn record_at(
     } else {
         fallback
     })
-}
-
-/// The records section of a compressed batch, decompressed; `None` if it cannot be.
-fn decompress(codec: u8, payload: &[u8]) -> Option<Bytes> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    let mut input = Bytes::copy_from_slice(payload);
-    let all = |b: &mut Bytes| Ok(b.split_to(b.len()));
-    let out = match codec {
-        1 => Gzip::decompress(&mut input, all),
-        2 => Snappy::decompress(&mut input, all),
-        3 => Lz4::decompress(&mut input, all),
-        4 => Zstd::decompress(&mut input, all),
-        _ => return None,
-    };
-    out.ok()
 }

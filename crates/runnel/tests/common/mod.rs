@@ -33,7 +33,8 @@ impl Broker {
     /// Starts a broker (new groups form at once) and reads the address it listens on.
     pub fn start(dir: &Path) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--log-level", "warn"])
             .args(["--group-initial-rebalance-delay-ms", "0", "--data-dir"])
             .arg(dir)
             .stdout(Stdio::piped())

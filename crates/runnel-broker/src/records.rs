@@ -1,0 +1,108 @@
+//! Reading records out of stored batches, for the broker's own use (ListOffsets) and for
+//! the HTTP API: decompression with the codecs Kafka defines, and a bounds-checked walk
+//! (`runnel_log::records`), so a batch that lies about its counts costs only its bytes.
+
+use bytes::Bytes;
+use runnel_log::batch::{BatchHeader, HEADER_BYTES};
+use runnel_log::records::walk_records;
+
+/// One record as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp (create time, or the batch's log-append time), ms since the epoch.
+    pub timestamp: i64,
+    /// The key, `None` for null.
+    pub key: Option<Bytes>,
+    /// The value, `None` for null.
+    pub value: Option<Bytes>,
+}
+
+/// The records section of a compressed batch, decompressed (codec ids 1 gzip, 2 snappy,
+/// 3 lz4, 4 zstd); `None` if it cannot be.
+#[must_use]
+pub fn decompress(codec: u8, payload: &[u8]) -> Option<Bytes> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let mut input = Bytes::copy_from_slice(payload);
+    let all = |b: &mut Bytes| Ok(b.split_to(b.len()));
+    let out = match codec {
+        1 => Gzip::decompress(&mut input, all),
+        2 => Snappy::decompress(&mut input, all),
+        3 => Lz4::decompress(&mut input, all),
+        4 => Zstd::decompress(&mut input, all),
+        _ => return None,
+    };
+    out.ok()
+}
+
+/// Every record of the whole batches in `bytes` (as `Partition::read` returns them),
+/// from `from` on. A batch that cannot be read ends the list there.
+#[must_use]
+pub fn records_of(bytes: &[u8], from: i64) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Ok(h) = BatchHeader::parse(rest) {
+        let end = (h.total_bytes() as usize).min(rest.len());
+        let payload = &rest[HEADER_BYTES.min(end)..end];
+        let decompressed;
+        let records: &[u8] = match h.compression() {
+            0 => payload,
+            codec => match decompress(codec, payload) {
+                Some(d) => {
+                    decompressed = d;
+                    &decompressed
+                }
+                None => break,
+            },
+        };
+        let base = h.base_offset().0 as i64;
+        let mut batch = Vec::new();
+        let walked = walk_records(records, h.record_count().max(0) as u32, |r| {
+            let offset = base + i64::from(r.offset_delta);
+            if offset < from {
+                return;
+            }
+            batch.push(StoredRecord {
+                offset,
+                timestamp: if h.is_log_append_time() {
+                    h.max_timestamp()
+                } else {
+                    h.base_timestamp().saturating_add(r.timestamp_delta)
+                },
+                key: r.key.map(Bytes::copy_from_slice),
+                value: r.value.map(Bytes::copy_from_slice),
+            });
+        });
+        if walked.is_err() {
+            break;
+        }
+        out.extend(batch);
+        rest = &rest[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_log::batch::build_batch;
+
+    #[test]
+    fn records_of_back_to_back_batches_from_an_offset() {
+        let mut a = build_batch(&[(Some(b"k"), Some(b"v")), (None, None)], 1_000);
+        let mut b = build_batch(&[(Some(b"x"), Some(b"y"))], 2_000);
+        b[..8].copy_from_slice(&2i64.to_be_bytes());
+        a.append(&mut b);
+        let all = records_of(&a, 0);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(all[1].value, None);
+        assert_eq!((all[2].offset, all[2].timestamp), (2, 2_000));
+        assert_eq!(records_of(&a, 1).len(), 2);
+        assert!(
+            records_of(&a[..70], 0).is_empty(),
+            "a cut batch gives nothing"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! # runnel-http: the HTTP API
+//!
+//! Served by `runnel serve` (`--http`, default `127.0.0.1:8080`) over the same state as
+//! the Kafka listener: the log, the group coordinator and committed offsets.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/health/live` | the process answers |
+//! | GET | `/health/ready` | the broker serves Kafka requests |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/api/v1/topics` | topics with partition counts |
+//! | POST | `/api/v1/topics` | create: `{"name", "partitions"?, "config"?: {..}}` |
+//! | GET | `/api/v1/topics/{topic}` | partitions with offsets and sizes, settings |
+//! | DELETE | `/api/v1/topics/{topic}` | delete |
+//! | POST | `/api/v1/topics/{topic}/records` | produce: `{"records": [{"key"?, "value"?, "partition"?}]}` |
+//! | GET | `/api/v1/topics/{topic}/partitions/{p}/records?offset=&limit=` | read a range |
+//! | GET | `/api/v1/groups` | groups with state and members |
+//! | GET | `/api/v1/groups/{group}` | members, assignments, committed offsets and lag |
+//! | GET | `/api/v1/openapi.json` | the OpenAPI description of these routes |
+//!
+//! Errors are JSON, `{"error": "what went wrong", "code": "short_name"}`, with a fitting
+//! status. Request bodies are limited to [`BODY_BYTES_MAX`]; reads to
+//! [`RECORDS_LIMIT_MAX`] records.
+//!
+//! ## Boundary
+//!
+//! It uses the broker's and the log's public APIs only; it never speaks the Kafka
+//! protocol. Keys and values travel as UTF-8 strings (null for none); records whose
+//! bytes are not UTF-8 are shown with replacement characters.
+
+mod api;
+mod metrics;
+mod openapi;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use runnel_broker::Broker;
+
+pub use api::{BODY_BYTES_MAX, RECORDS_LIMIT_MAX, ROUTES};
+pub use openapi::openapi;
+
+/// The whole API over `broker`.
+pub fn router(broker: Arc<Broker>) -> Router {
+    api::routes(broker)
+}
+
+/// Serves the API on `addr` until `stop` resolves. Returns the address bound (port 0
+/// picks a free one) through `bound` as soon as it listens.
+pub async fn serve(
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    bound: tokio::sync::oneshot::Sender<SocketAddr>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let _ = bound.send(listener.local_addr()?);
+    axum::serve(listener, router(broker))
+        .with_graceful_shutdown(stop)
+        .await
+}

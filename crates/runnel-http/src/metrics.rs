@@ -1,0 +1,150 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4).
+//!
+//! Names follow `runnel_<thing>_<unit>`; counters end in `_total`.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use runnel_broker::apis::SUPPORTED;
+use runnel_log::PartitionId;
+
+use crate::api::AppState;
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn start(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let b = &s.broker;
+    let mut out = String::new();
+
+    let name = "runnel_requests_total";
+    let mut f = Family::start(&mut out, name, "counter", "Kafka requests served, by API.");
+    let counts = b.requests();
+    for api in SUPPORTED {
+        let label = format!("{:?}", api.key);
+        f.sample(name, &[("api", &label)], counts.get(api.key));
+    }
+
+    let name = "runnel_connections";
+    let mut f = Family::start(&mut out, name, "gauge", "Kafka connections open now.");
+    f.sample(name, &[], b.connections());
+
+    let mut partitions = Vec::new();
+    for t in b.log().topics() {
+        for p in t.partitions() {
+            partitions.push((t.name().to_string(), p));
+        }
+    }
+    partitions.sort_by(|a, b| (&a.0, a.1.id()).cmp(&(&b.0, b.1.id())));
+    for (name, help, value) in [
+        (
+            "runnel_partition_size_bytes",
+            "Bytes on disk per partition.",
+            (|p: &runnel_log::Partition| p.size_bytes()) as fn(&runnel_log::Partition) -> u64,
+        ),
+        (
+            "runnel_partition_high_watermark",
+            "One past the last readable offset, per partition.",
+            |p: &runnel_log::Partition| p.high_watermark().0,
+        ),
+        (
+            "runnel_partition_log_start_offset",
+            "First offset still in the log, per partition.",
+            |p: &runnel_log::Partition| p.log_start_offset().0,
+        ),
+    ] {
+        let mut f = Family::start(&mut out, name, "gauge", help);
+        for (topic, p) in &partitions {
+            let id = p.id().0.to_string();
+            f.sample(name, &[("topic", topic), ("partition", &id)], value(p));
+        }
+    }
+
+    let groups = b.groups();
+    let listing = groups.read(|c| {
+        c.list(&[])
+            .into_iter()
+            .map(|l| {
+                let members = c.describe(&l.group_id).map_or(0, |d| d.members.len());
+                (l.group_id, members)
+            })
+            .collect::<Vec<_>>()
+    });
+    let name = "runnel_group_members";
+    let mut f = Family::start(&mut out, name, "gauge", "Members per consumer group.");
+    for (g, members) in &listing {
+        f.sample(name, &[("group", g)], members);
+    }
+    let name = "runnel_group_lag_records";
+    let mut f = Family::start(
+        &mut out,
+        name,
+        "gauge",
+        "Records between a group's committed offset and the high watermark.",
+    );
+    for (g, _) in &listing {
+        for ((topic, p), c) in groups.offsets.group(g) {
+            let Ok(part) = b.log().partition(&topic, PartitionId(p.max(0) as u32)) else {
+                continue;
+            };
+            let lag = (part.high_watermark().0 as i64 - c.offset).max(0);
+            let id = p.to_string();
+            f.sample(
+                name,
+                &[("group", g), ("topic", &topic), ("partition", &id)],
+                lag,
+            );
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,101 @@
+//! The OpenAPI 3.0 description of the HTTP API. A test checks it names exactly the
+//! routes the router serves (`api::ROUTES`), and that each of them answers.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::ROUTES;
+
+fn path_param(name: &str, kind: &str, what: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": what, "schema": {"type": kind}})
+}
+
+fn operation(method: &str, path: &str) -> Value {
+    let topic = path_param("topic", "string", "The topic.");
+    let error = json!({"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let ok = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
+    match (method, path) {
+        ("get", "/health/live") => {
+            json!({"summary": "The process answers", "responses": {"200": ok("Live")}})
+        }
+        ("get", "/health/ready") => {
+            json!({"summary": "The broker serves Kafka requests", "responses": {"200": ok("Ready"), "503": error}})
+        }
+        ("get", "/metrics") => {
+            json!({"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}})
+        }
+        ("get", "/api/v1/openapi.json") => {
+            json!({"summary": "This description", "responses": {"200": ok("OpenAPI 3.0")}})
+        }
+        ("get", "/api/v1/topics") => {
+            json!({"summary": "List topics", "responses": {"200": ok("Topics")}})
+        }
+        ("post", "/api/v1/topics") => json!({
+            "summary": "Create a topic",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewTopic"}}}},
+            "responses": {"201": ok("The topic"), "400": error, "409": error, "413": error}
+        }),
+        ("get", "/api/v1/topics/{topic}") => {
+            json!({"summary": "Describe a topic", "parameters": [topic], "responses": {"200": ok("Partitions, offsets, settings"), "404": error}})
+        }
+        ("delete", "/api/v1/topics/{topic}") => {
+            json!({"summary": "Delete a topic", "parameters": [topic], "responses": {"204": {"description": "Deleted"}, "400": error, "404": error}})
+        }
+        ("post", "/api/v1/topics/{topic}/records") => json!({
+            "summary": "Produce records",
+            "parameters": [topic],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Produce"}}}},
+            "responses": {"200": ok("The offset of each record"), "400": error, "404": error, "413": error}
+        }),
+        ("get", "/api/v1/topics/{topic}/partitions/{partition}/records") => json!({
+            "summary": "Read records of a partition",
+            "parameters": [
+                topic,
+                path_param("partition", "integer", "The partition."),
+                {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::RECORDS_LIMIT_MAX}}
+            ],
+            "responses": {"200": ok("Records, the next offset and the high watermark"), "400": error, "404": error}
+        }),
+        ("get", "/api/v1/groups") => {
+            json!({"summary": "List consumer groups", "responses": {"200": ok("Groups")}})
+        }
+        ("get", "/api/v1/groups/{group}") => json!({
+            "summary": "Describe a consumer group",
+            "parameters": [path_param("group", "string", "The group.")],
+            "responses": {"200": ok("Members, assignments, committed offsets and lag"), "404": error}
+        }),
+        _ => json!({"summary": path, "responses": {"200": ok("OK")}}),
+    }
+}
+
+/// The OpenAPI document.
+#[must_use]
+pub fn openapi() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for (method, path) in ROUTES {
+        let entry = paths
+            .entry(path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = entry {
+            m.insert(method.to_string(), operation(method, path));
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Runnel HTTP API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "code"], "properties": {
+                "error": {"type": "string"}, "code": {"type": "string"}}},
+            "NewTopic": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                "name": {"type": "string"},
+                "partitions": {"type": "integer", "minimum": 1},
+                "config": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "Produce": {"type": "object", "required": ["records"], "additionalProperties": false, "properties": {
+                "records": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "properties": {
+                    "key": {"type": "string", "nullable": true},
+                    "value": {"type": "string", "nullable": true},
+                    "partition": {"type": "integer", "minimum": 0}}}}}}
+        }}
+    })
+}

@@ -1,0 +1,503 @@
+//! Every route of the HTTP API, with its bad-input cases, over a broker on a temporary
+//! directory (the router is called in-process; no sockets).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Method, Request, StatusCode};
+use runnel_broker::offset_store::Committed;
+use runnel_broker::{Broker, BrokerConfig};
+use runnel_log::{Log, LogConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Fixture {
+    broker: Arc<Broker>,
+    dir: std::path::PathBuf,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(tag: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("runnel-http-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = Arc::new(Log::open(LogConfig::new(&dir)).unwrap());
+    let config = BrokerConfig {
+        data_dir: dir.clone(),
+        default_partitions: 2,
+        ..BrokerConfig::default()
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let broker = Arc::new(Broker::new(log, config, 9092, rx).unwrap());
+    Fixture {
+        broker,
+        dir,
+        _stop: stop,
+    }
+}
+
+/// Sends one request; returns the status and the body (JSON, or text as a JSON string).
+async fn call(f: &Fixture, method: Method, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = runnel_http::router(f.broker.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 16 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+async fn get(f: &Fixture, uri: &str) -> (StatusCode, Value) {
+    call(f, Method::GET, uri, None).await
+}
+
+async fn post(f: &Fixture, uri: &str, body: &str) -> (StatusCode, Value) {
+    call(f, Method::POST, uri, Some(body)).await
+}
+
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(got.0, status, "{:?}", got.1);
+    assert_eq!(got.1["code"], code, "{:?}", got.1);
+    assert!(got.1["error"].as_str().is_some_and(|e| !e.is_empty()));
+}
+
+#[tokio::test]
+async fn health_answers() {
+    let f = fixture("health");
+    assert_eq!(
+        get(&f, "/health/live").await,
+        (StatusCode::OK, json!({"status": "live"}))
+    );
+    assert_eq!(get(&f, "/health/ready").await.0, StatusCode::OK);
+    f._stop.send(true).unwrap();
+    assert_error(
+        &get(&f, "/health/ready").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+    );
+    assert_error(
+        &get(&f, "/nowhere").await,
+        StatusCode::NOT_FOUND,
+        "no_route",
+    );
+}
+
+#[tokio::test]
+async fn topics_are_created_listed_described_and_deleted() {
+    let f = fixture("topics");
+    let (status, t) = post(
+        &f,
+        "/api/v1/topics",
+        r#"{"name":"orders","partitions":3,"config":{"retention.ms":"60000"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    assert_eq!(t["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        t["config"]["retention.ms"],
+        json!({"value": "60000", "overridden": true})
+    );
+    let (_, d) = post(&f, "/api/v1/topics", r#"{"name":"defaults"}"#).await;
+    assert_eq!(
+        d["partitions"].as_array().unwrap().len(),
+        2,
+        "the broker's default"
+    );
+
+    assert_error(
+        &post(&f, "/api/v1/topics", r#"{"name":"orders"}"#).await,
+        StatusCode::CONFLICT,
+        "topic_exists",
+    );
+    assert_error(
+        &post(&f, "/api/v1/topics", r#"{"name":"bad name!"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &post(&f, "/api/v1/topics", r#"{"name":"x","partitions":0}"#).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &f,
+            "/api/v1/topics",
+            r#"{"name":"x","config":{"retention.ms":"soon"}}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &post(&f, "/api/v1/topics", r#"{"name":"x","colour":"red"}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_json",
+    );
+    assert_error(
+        &post(&f, "/api/v1/topics", "{not json").await,
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+    );
+    assert_error(
+        &post(&f, "/api/v1/topics", r#"{"name":"__consumer_offsets"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let huge = format!(r#"{{"name":"{}"}}"#, "x".repeat(2 << 20));
+    assert_error(
+        &post(&f, "/api/v1/topics", &huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
+
+    let (status, list) = get(&f, "/api/v1/topics").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["defaults", "orders"]);
+
+    assert_eq!(get(&f, "/api/v1/topics/orders").await.0, StatusCode::OK);
+    assert_error(
+        &get(&f, "/api/v1/topics/nope").await,
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+    );
+    assert_eq!(
+        call(&f, Method::DELETE, "/api/v1/topics/orders", None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &call(&f, Method::DELETE, "/api/v1/topics/orders", None).await,
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+    );
+    assert_error(
+        &call(
+            &f,
+            Method::DELETE,
+            "/api/v1/topics/__consumer_offsets",
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+}
+
+#[tokio::test]
+async fn records_are_produced_and_read_back() {
+    let f = fixture("records");
+    post(&f, "/api/v1/topics", r#"{"name":"events","partitions":2}"#).await;
+    let (status, r) = post(
+        &f,
+        "/api/v1/topics/events/records",
+        r#"{"records":[{"key":"a","value":"1"},{"value":"2","partition":1},{"key":"a","value":null},{"value":"3","partition":1}]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let offsets = r["offsets"].as_array().unwrap();
+    assert_eq!(offsets.len(), 4);
+    // The same key lands in the same partition, in order.
+    assert_eq!(offsets[0]["partition"], offsets[2]["partition"]);
+    assert_eq!(
+        offsets[2]["offset"].as_u64().unwrap(),
+        offsets[0]["offset"].as_u64().unwrap() + 1
+    );
+    assert_eq!(
+        offsets[1],
+        json!({"partition": 1, "offset": offsets[1]["offset"]})
+    );
+
+    let (status, read) = get(
+        &f,
+        "/api/v1/topics/events/partitions/1/records?offset=0&limit=10",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    let values: Vec<&Value> = read["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["value"])
+        .collect();
+    assert!(
+        values.contains(&&json!("2")) && values.contains(&&json!("3")),
+        "{read}"
+    );
+    assert_eq!(read["next_offset"], read["high_watermark"]);
+    let (_, one) = get(&f, "/api/v1/topics/events/partitions/1/records?limit=1").await;
+    assert_eq!(one["records"].as_array().unwrap().len(), 1);
+    assert_eq!(one["next_offset"], 1);
+    let keyed = offsets[0]["partition"].as_u64().unwrap();
+    let (_, tomb) = get(
+        &f,
+        &format!("/api/v1/topics/events/partitions/{keyed}/records"),
+    )
+    .await;
+    assert!(
+        tomb["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["key"] == "a" && r["value"].is_null()),
+        "{tomb}"
+    );
+
+    assert_error(
+        &post(&f, "/api/v1/topics/events/records", r#"{"records":[]}"#).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &f,
+            "/api/v1/topics/events/records",
+            r#"{"records":[{"value":"x","partition":9}]}"#,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "unknown_partition",
+    );
+    assert_error(
+        &post(
+            &f,
+            "/api/v1/topics/nope/records",
+            r#"{"records":[{"value":"x"}]}"#,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/events/partitions/0/records?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/events/partitions/0/records?limit=5000").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/events/partitions/0/records?offset=-1").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/events/partitions/7/records").await,
+        StatusCode::NOT_FOUND,
+        "unknown_partition",
+    );
+}
+
+#[tokio::test]
+async fn groups_are_listed_and_described_with_lag() {
+    let f = fixture("groups");
+    post(&f, "/api/v1/topics", r#"{"name":"jobs","partitions":1}"#).await;
+    post(
+        &f,
+        "/api/v1/topics/jobs/records",
+        r#"{"records":[{"value":"a"},{"value":"b"},{"value":"c"}]}"#,
+    )
+    .await;
+    assert_eq!(get(&f, "/api/v1/groups").await.1, json!({"groups": []}));
+    // A commit as OffsetCommit stores it, outside any generation.
+    let groups = f.broker.groups();
+    groups
+        .with(|c, now, _| {
+            c.commit_allowed(
+                now,
+                &runnel_group::MemberRef {
+                    group_id: "workers".into(),
+                    generation_id: -1,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    let commit = Committed {
+        offset: 1,
+        leader_epoch: -1,
+        metadata: "m".into(),
+        commit_ms: 0,
+    };
+    groups
+        .offsets
+        .write("workers", &[(("jobs".into(), 0), Some(commit))])
+        .unwrap();
+
+    let (_, list) = get(&f, "/api/v1/groups").await;
+    assert_eq!(list["groups"][0]["group"], "workers");
+    assert_eq!(list["groups"][0]["state"], "Empty");
+    let (status, d) = get(&f, "/api/v1/groups/workers").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["offsets"][0]["committed"], 1);
+    assert_eq!(d["offsets"][0]["end"], 3);
+    assert_eq!(d["offsets"][0]["lag"], 2);
+    assert_eq!(d["offsets"][0]["metadata"], "m");
+    assert_error(
+        &get(&f, "/api/v1/groups/nobody").await,
+        StatusCode::NOT_FOUND,
+        "unknown_group",
+    );
+
+    // Prometheus text, parsed back: every sample belongs to a declared family.
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let resp = runnel_http::router(f.broker.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text =
+        String::from_utf8(to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    let samples = parse_prometheus(&text);
+    assert_eq!(
+        samples[&(
+            "runnel_group_lag_records".to_string(),
+            "group=workers,partition=0,topic=jobs".to_string()
+        )],
+        2.0
+    );
+    assert_eq!(
+        samples[&(
+            "runnel_partition_high_watermark".to_string(),
+            "partition=0,topic=jobs".to_string()
+        )],
+        3.0
+    );
+    assert!(
+        samples[&(
+            "runnel_partition_size_bytes".to_string(),
+            "partition=0,topic=jobs".to_string()
+        )] > 0.0
+    );
+    assert_eq!(
+        samples[&("runnel_connections".to_string(), String::new())],
+        0.0
+    );
+    assert!(samples.contains_key(&(
+        "runnel_requests_total".to_string(),
+        "api=Produce".to_string()
+    )));
+}
+
+/// A small parser of the Prometheus text format: `(name, sorted labels) -> value`. It
+/// checks that every sample follows a `# TYPE` line of its family.
+fn parse_prometheus(text: &str) -> BTreeMap<(String, String), f64> {
+    let mut typed = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').unwrap()),
+            None => (series, ""),
+        };
+        assert!(typed.contains(name), "sample before its TYPE: {line}");
+        let mut pairs: Vec<String> = if labels.is_empty() {
+            Vec::new()
+        } else {
+            labels
+                .split(',')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    format!("{k}={}", v.trim_matches('"'))
+                })
+                .collect()
+        };
+        pairs.sort();
+        out.insert(
+            (name.to_string(), pairs.join(",")),
+            value.parse::<f64>().unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_openapi_description_names_exactly_the_routes_served() {
+    let f = fixture("openapi");
+    let (status, spec) = get(&f, "/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(spec["openapi"], "3.0.3");
+    let mut described = BTreeSet::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            described.insert((method.clone(), path.clone()));
+        }
+    }
+    post(&f, "/api/v1/topics", r#"{"name":"t"}"#).await;
+    let mut served = BTreeSet::new();
+    for (method, path) in runnel_http::openapi()["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), p.clone()))
+                .collect::<Vec<_>>()
+        })
+    {
+        // Every described route is routed: it never falls through to "no_route" or 405.
+        let uri = path
+            .replace("{topic}", "t")
+            .replace("{partition}", "0")
+            .replace("{group}", "g");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let body = (m == Method::POST).then_some("{}");
+        let (status, value) = call(&f, m, &uri, body).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_ne!(value["code"], "no_route", "{method} {path}");
+        served.insert((method, path));
+    }
+    assert_eq!(described, served);
+    let routes: BTreeSet<(String, String)> = runnel_http::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        described, routes,
+        "the description and the route table agree"
+    );
+}
