@@ -114,6 +114,7 @@ pub struct Broker {
     requests: Arc<RequestCounts>,
     /// Kafka connections open now.
     pub(crate) connections: std::sync::atomic::AtomicUsize,
+    pub(crate) metrics: crate::metrics::BrokerMetrics,
 }
 
 impl Broker {
@@ -154,6 +155,7 @@ impl Broker {
             shutdown,
             requests: Arc::default(),
             connections: std::sync::atomic::AtomicUsize::new(0),
+            metrics: crate::metrics::BrokerMetrics::default(),
         })
     }
 
@@ -191,6 +193,12 @@ impl Broker {
     #[must_use]
     pub fn serving(&self) -> bool {
         !*self.shutdown.borrow()
+    }
+
+    /// Latency per API, bytes and records per topic.
+    #[must_use]
+    pub fn metrics(&self) -> &crate::metrics::BrokerMetrics {
+        &self.metrics
     }
 
     /// Kafka connections open now.
@@ -271,14 +279,22 @@ impl Broker {
             }
         };
         self.requests.add(key);
+        let started = std::time::Instant::now();
         if let RequestKind::Produce(r) = request {
             let in_flight = self.produce(r, prefix.api_version).await;
+            let latencies = self.metrics.latencies();
             return Ok(Reply::Later(Box::pin(async move {
                 let response = in_flight.finish().await.map(ResponseKind::Produce);
+                if let Some(h) = latencies.get(key as usize) {
+                    h.observe(started.elapsed());
+                }
                 outcome(prefix, key, response.as_ref())
             })));
         }
         let response = self.dispatch(&header, request, peer).await;
+        if let Some(h) = self.metrics.latency(key as i16) {
+            h.observe(started.elapsed());
+        }
         Ok(Reply::Now(outcome(prefix, key, response.as_ref())))
     }
 

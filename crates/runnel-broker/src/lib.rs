@@ -36,6 +36,7 @@ pub mod errors;
 pub mod frame;
 pub mod groups;
 pub mod handlers;
+pub mod metrics;
 pub mod offset_store;
 pub mod producer_state;
 pub mod records;

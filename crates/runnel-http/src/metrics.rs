@@ -59,6 +59,70 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         f.sample(name, &[("api", &label)], counts.get(api.key));
     }
 
+    let name = "runnel_request_duration_seconds";
+    let mut f = Family::start(
+        &mut out,
+        name,
+        "histogram",
+        "Time from a Kafka request's arrival to its answer, by API.",
+    );
+    for api in SUPPORTED {
+        let Some(h) = b.metrics().latency(api.key as i16) else {
+            continue;
+        };
+        let label = format!("{:?}", api.key);
+        let (buckets, count, sum) = h.snapshot();
+        for (le, n) in buckets {
+            let le = le.to_string();
+            f.sample(
+                &format!("{name}_bucket"),
+                &[("api", &label), ("le", &le)],
+                n,
+            );
+        }
+        f.sample(
+            &format!("{name}_bucket"),
+            &[("api", &label), ("le", "+Inf")],
+            count,
+        );
+        f.sample(&format!("{name}_sum"), &[("api", &label)], sum);
+        f.sample(&format!("{name}_count"), &[("api", &label)], count);
+    }
+
+    let topics = b.metrics().topics();
+    for (name, help, get) in [
+        (
+            "runnel_topic_bytes_in_total",
+            "Batch bytes appended over Kafka, per topic.",
+            (|c: &runnel_broker::metrics::TopicCounters| &c.bytes_in)
+                as fn(&runnel_broker::metrics::TopicCounters) -> &std::sync::atomic::AtomicU64,
+        ),
+        (
+            "runnel_topic_records_in_total",
+            "Records appended over Kafka, per topic.",
+            |c: &runnel_broker::metrics::TopicCounters| &c.records_in,
+        ),
+        (
+            "runnel_topic_bytes_out_total",
+            "Batch bytes sent to Kafka consumers, per topic.",
+            |c: &runnel_broker::metrics::TopicCounters| &c.bytes_out,
+        ),
+        (
+            "runnel_topic_records_out_total",
+            "Records sent to Kafka consumers, per topic.",
+            |c: &runnel_broker::metrics::TopicCounters| &c.records_out,
+        ),
+    ] {
+        let mut f = Family::start(&mut out, name, "counter", help);
+        for (topic, c) in &topics {
+            f.sample(
+                name,
+                &[("topic", topic)],
+                get(c).load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+    }
+
     let name = "runnel_connections";
     let mut f = Family::start(&mut out, name, "gauge", "Kafka connections open now.");
     f.sample(name, &[], b.connections());

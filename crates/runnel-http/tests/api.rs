@@ -432,7 +432,11 @@ fn parse_prometheus(text: &str) -> BTreeMap<(String, String), f64> {
             Some((n, l)) => (n, l.strip_suffix('}').unwrap()),
             None => (series, ""),
         };
-        assert!(typed.contains(name), "sample before its TYPE: {line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "sample before its TYPE: {line}");
         let mut pairs: Vec<String> = if labels.is_empty() {
             Vec::new()
         } else {

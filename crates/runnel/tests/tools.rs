@@ -284,6 +284,36 @@ fn groups_are_listed_described_reset_and_deleted() {
 }
 
 #[test]
+fn metrics_count_what_kafka_clients_wrote_and_read() {
+    let b = Tools::start("metrics");
+    b.ok(&["topic", "create", "counted", "--partitions", "1"], "");
+    b.ok(&["produce", "counted"], "one\ntwo\nthree\n");
+    assert_eq!(b.ok(&["consume", "counted"], ""), "one\ntwo\nthree\n");
+    let (status, text) = common::http_get(&b.broker.http, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert_eq!(
+        value(r#"runnel_topic_records_in_total{topic="counted"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(r#"runnel_topic_records_out_total{topic="counted"}"#),
+        3.0
+    );
+    assert!(value(r#"runnel_topic_bytes_in_total{topic="counted"}"#) > 0.0);
+    assert!(value(r#"runnel_request_duration_seconds_count{api="Produce"}"#) >= 1.0);
+    assert!(value(r#"runnel_requests_total{api="Fetch"}"#) >= 1.0);
+    assert_eq!(
+        value(r#"runnel_partition_high_watermark{topic="counted",partition="0"}"#),
+        3.0
+    );
+}
+
+#[test]
 fn an_unreachable_broker_is_named_with_a_hint() {
     let out = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(["topic", "list", "--bootstrap", "127.0.0.1:1"])

@@ -231,7 +231,10 @@ impl Broker {
                 })
                 .await;
             match deleted {
-                Ok(()) => self.producers.forget_topic(&name),
+                Ok(()) => {
+                    self.producers.forget_topic(&name);
+                    self.metrics.forget_topic(&name);
+                }
                 Err(e) => {
                     r.error_code = errors::log_error(&e).code();
                     r.error_message = message(&e);

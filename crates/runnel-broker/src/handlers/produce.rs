@@ -11,6 +11,7 @@
 //! no response, and sending one would break correlation.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -152,8 +153,18 @@ impl Broker {
                 };
                 let records = pd.records.unwrap_or_default();
                 let state = self.producers_for(&partition, &records);
+                let counters = self.metrics.topic(&name);
                 let append = tokio::task::spawn_blocking(move || {
                     let written = produce_partition(&partition, &records, version, state);
+                    if written.is_ok() {
+                        counters
+                            .bytes_in
+                            .fetch_add(records.len() as u64, Ordering::Relaxed);
+                        counters.records_in.fetch_add(
+                            crate::metrics::records_in_batches(&records),
+                            Ordering::Relaxed,
+                        );
+                    }
                     (partition, written)
                 });
                 handles.push((index, Ok(append)));

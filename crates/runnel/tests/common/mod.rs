@@ -25,8 +25,10 @@ impl Drop for TempDir {
 /// `runnel serve` on 127.0.0.1:0 with data in a given directory; killed when dropped.
 pub struct Broker {
     child: Child,
-    /// The address it printed.
+    /// The Kafka address it printed.
     pub addr: String,
+    /// The HTTP API's address it printed.
+    pub http: String,
 }
 
 impl Broker {
@@ -41,17 +43,23 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("runnel starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut first, mut second) = (String::new(), String::new());
+        out.read_line(&mut first).unwrap();
+        out.read_line(&mut second).unwrap();
+        let http = second
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no HTTP address in {second:?}"))
+            .to_string();
         let addr = first
             .split_whitespace()
             .skip_while(|w| *w != "on")
             .nth(1)
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .to_string();
-        Broker { child, addr }
+        Broker { child, addr, http }
     }
 
     /// SIGKILL: no shutdown, no final sync.
@@ -66,6 +74,26 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET path` on the HTTP API; returns the status line and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 /// The repository root.
