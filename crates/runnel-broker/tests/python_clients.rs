@@ -51,3 +51,8 @@ fn kafka_python_admin_creates_lists_and_deletes() {
 fn aiokafka_produces_and_consumes() {
     scenario("aiokafka_roundtrip");
 }
+
+#[test]
+fn confluent_reads_a_compacted_topic_with_each_keys_latest_value() {
+    scenario("confluent_compacted");
+}

@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/topics/{topic}"),
     ("delete", "/api/v1/topics/{topic}"),
     ("post", "/api/v1/topics/{topic}/records"),
+    ("get", "/api/v1/topics/{topic}/tail"),
     (
         "get",
         "/api/v1/topics/{topic}/partitions/{partition}/records",
@@ -50,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) broker: Arc<Broker>,
+    /// Live tails open (bounded).
+    pub(crate) tails: Arc<tokio::sync::Semaphore>,
     /// Spreads keyless records over partitions.
     round_robin: Arc<AtomicU32>,
 }
@@ -57,6 +60,7 @@ pub(crate) struct AppState {
 pub(crate) fn routes(broker: Arc<Broker>) -> Router {
     let state = AppState {
         broker,
+        tails: crate::tail::tails(),
         round_robin: Arc::new(AtomicU32::new(0)),
     };
     Router::new()
@@ -77,6 +81,7 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
             "/api/v1/topics/{topic}/partitions/{partition}/records",
             get(read_records),
         )
+        .route("/api/v1/topics/{topic}/tail", get(crate::tail::tail))
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{group}", get(describe_group))
         .fallback(not_found)
@@ -93,7 +98,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -101,11 +110,11 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn no_topic(topic: &str) -> ApiError {
+    pub(crate) fn no_topic(topic: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_topic",

@@ -14,6 +14,7 @@
 //! | DELETE | `/api/v1/topics/{topic}` | delete |
 //! | POST | `/api/v1/topics/{topic}/records` | produce: `{"records": [{"key"?, "value"?, "partition"?}]}` |
 //! | GET | `/api/v1/topics/{topic}/partitions/{p}/records?offset=&limit=` | read a range |
+//! | GET | `/api/v1/topics/{topic}/tail?partition=&from=` | live tail, server-sent events |
 //! | GET | `/api/v1/groups` | groups with state and members |
 //! | GET | `/api/v1/groups/{group}` | members, assignments, committed offsets and lag |
 //! | GET | `/api/v1/openapi.json` | the OpenAPI description of these routes |
@@ -31,6 +32,7 @@
 mod api;
 mod metrics;
 mod openapi;
+mod tail;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,7 @@ use runnel_broker::Broker;
 
 pub use api::{BODY_BYTES_MAX, RECORDS_LIMIT_MAX, ROUTES};
 pub use openapi::openapi;
+pub use tail::TAILS_MAX;
 
 /// The whole API over `broker`.
 pub fn router(broker: Arc<Broker>) -> Router {

@@ -40,6 +40,25 @@ impl<'a> Family<'a> {
     }
 }
 
+impl Family<'_> {
+    /// The `_bucket` (cumulative, then `+Inf`), `_sum` and `_count` series of a histogram.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &runnel_log::stats::Histogram) {
+        let (buckets, count, sum) = h.snapshot();
+        let bucket = format!("{name}_bucket");
+        for (le, n) in buckets {
+            let le = le.to_string();
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, n);
+        }
+        let mut inf = labels.to_vec();
+        inf.push(("le", "+Inf"));
+        self.sample(&bucket, &inf, count);
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, count);
+    }
+}
+
 /// Label values escape backslash, double quote and newline.
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -71,23 +90,17 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             continue;
         };
         let label = format!("{:?}", api.key);
-        let (buckets, count, sum) = h.snapshot();
-        for (le, n) in buckets {
-            let le = le.to_string();
-            f.sample(
-                &format!("{name}_bucket"),
-                &[("api", &label), ("le", &le)],
-                n,
-            );
-        }
-        f.sample(
-            &format!("{name}_bucket"),
-            &[("api", &label), ("le", "+Inf")],
-            count,
-        );
-        f.sample(&format!("{name}_sum"), &[("api", &label)], sum);
-        f.sample(&format!("{name}_count"), &[("api", &label)], count);
+        f.histogram(name, &[("api", &label)], h);
     }
+
+    let name = "runnel_fsync_duration_seconds";
+    let mut f = Family::start(
+        &mut out,
+        name,
+        "histogram",
+        "Duration of each fdatasync of a segment (group commit).",
+    );
+    f.histogram(name, &[], &b.log().stats().fsync);
 
     let topics = b.metrics().topics();
     for (name, help, get) in [

@@ -56,6 +56,15 @@ fn operation(method: &str, path: &str) -> Value {
             ],
             "responses": {"200": ok("Records, the next offset and the high watermark"), "400": error, "404": error}
         }),
+        ("get", "/api/v1/topics/{topic}/tail") => json!({
+            "summary": "Live tail of a topic as server-sent events (event: record)",
+            "parameters": [
+                topic,
+                {"name": "partition", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "from", "in": "query", "required": false, "schema": {"type": "string", "default": "latest"}, "description": "latest, earliest, or an offset (with partition)"}
+            ],
+            "responses": {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "400": error, "404": error, "503": error}
+        }),
         ("get", "/api/v1/groups") => {
             json!({"summary": "List consumer groups", "responses": {"200": ok("Groups")}})
         }

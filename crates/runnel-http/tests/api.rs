@@ -505,3 +505,116 @@ async fn the_openapi_description_names_exactly_the_routes_served() {
         "the description and the route table agree"
     );
 }
+
+/// Reads server-sent events from `body` until one contains `needle` (10 s at most).
+async fn read_until(body: &mut Body, needle: &str) -> String {
+    use http_body_util::BodyExt;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} never arrived; got {seen:?}"))
+            .expect("the stream ended")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_live_tail_streams_stored_and_new_records() {
+    let f = fixture("tail");
+    post(&f, "/api/v1/topics", r#"{"name":"live","partitions":2}"#).await;
+    post(
+        &f,
+        "/api/v1/topics/live/records",
+        r#"{"records":[{"value":"before","partition":0}]}"#,
+    )
+    .await;
+    let req = Request::builder()
+        .uri("/api/v1/topics/live/tail?from=earliest")
+        .body(Body::empty())
+        .unwrap();
+    let resp = runnel_http::router(f.broker.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = read_until(&mut body, "before").await;
+    assert!(first.contains("event: record"), "{first}");
+    assert!(first.contains("id: 0:0"), "{first}");
+    // Appended while the tail waits: it wakes on the high watermark, on any partition.
+    post(
+        &f,
+        "/api/v1/topics/live/records",
+        r#"{"records":[{"key":"k","value":"after","partition":1}]}"#,
+    )
+    .await;
+    let next = read_until(&mut body, "after").await;
+    assert!(next.contains(r#""partition":1"#), "{next}");
+
+    // From the end: only what comes next.
+    let req = Request::builder()
+        .uri("/api/v1/topics/live/tail?partition=0")
+        .body(Body::empty())
+        .unwrap();
+    let mut latest = runnel_http::router(f.broker.clone())
+        .oneshot(req)
+        .await
+        .unwrap()
+        .into_body();
+    post(
+        &f,
+        "/api/v1/topics/live/records",
+        r#"{"records":[{"value":"newest","partition":0}]}"#,
+    )
+    .await;
+    let got = read_until(&mut latest, "newest").await;
+    assert!(!got.contains("before"), "{got}");
+
+    assert_error(
+        &get(&f, "/api/v1/topics/live/tail?from=5").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/live/tail?partition=0&from=soon").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/live/tail?partition=9").await,
+        StatusCode::NOT_FOUND,
+        "unknown_partition",
+    );
+    assert_error(
+        &get(&f, "/api/v1/topics/nope/tail").await,
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+    );
+
+    // A bounded number of tails: one router (one semaphore) refuses the one too many.
+    let router = runnel_http::router(f.broker.clone());
+    let mut open = Vec::new();
+    for _ in 0..runnel_http::TAILS_MAX {
+        let req = Request::builder()
+            .uri("/api/v1/topics/live/tail")
+            .body(Body::empty())
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        open.push(resp);
+    }
+    let req = Request::builder()
+        .uri("/api/v1/topics/live/tail")
+        .body(Body::empty())
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(open);
+}

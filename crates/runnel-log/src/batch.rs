@@ -12,9 +12,9 @@
 //! | 16     | 1    | magic                | must be 2                                     |
 //! | 17     | 4    | crc                  | CRC-32C of bytes 21..end                      |
 //! | 21     | 2    | attributes           | bits 0-2 codec, 3 timestamp type, 4 txn, 5 control |
-//! | 23     | 4    | lastOffsetDelta      | recordCount - 1                               |
+//! | 23     | 4    | lastOffsetDelta      | recordCount - 1 on append; kept by the cleaner |
 //! | 27     | 8    | baseTimestamp        |                                               |
-//! | 35     | 8    | maxTimestamp         |                                               |
+//! | 35     | 8    | maxTimestamp         | of the records kept, after the cleaner        |
 //! | 43     | 8    | producerId           | -1 when not idempotent                        |
 //! | 51     | 2    | producerEpoch        |                                               |
 //! | 53     | 4    | baseSequence         |                                               |
@@ -176,6 +176,54 @@ pub struct BatchInfo {
 /// CRC-32C over bytes 21..end. The offset and leader-epoch fields are not checked
 /// (the log rewrites them, and the CRC does not cover them).
 pub fn validate(bytes: &[u8], max_bytes: u32) -> Result<BatchInfo, BatchError> {
+    let (header, total) = check_framing(bytes, max_bytes)?;
+    check_header(&header)?;
+    check_dense_counts(&header)?;
+    check_crc(&header, bytes)?;
+    if header.compression() == 0 {
+        // Compressed payloads are checked where they are decompressed (readers that
+        // look inside), not on every append.
+        crate::records::walk_records_with(
+            &bytes[HEADER_BYTES..],
+            header.record_count() as u32,
+            crate::records::Deltas::Dense,
+            |_| {},
+        )?;
+    }
+    Ok(BatchInfo {
+        record_count: header.record_count() as u32,
+        max_timestamp: header.max_timestamp(),
+        total_bytes: total as u32,
+        producer_id: header.producer_id(),
+        producer_epoch: header.producer_epoch(),
+        base_sequence: header.base_sequence(),
+    })
+}
+
+/// Checks a batch as read back from a log, the way the log's own readers do: framing,
+/// magic, `0 < recordCount <= lastOffsetDelta + 1`, CRC-32C, and for an uncompressed
+/// batch its records, whose offset deltas must strictly grow within `lastOffsetDelta`
+/// (the cleaner leaves gaps). For tools and tests that inspect stored data.
+pub fn validate_stored(bytes: &[u8]) -> Result<(), BatchError> {
+    let (header, _) = check_framing(bytes, u32::MAX)?;
+    check_header(&header)?;
+    check_crc(&header, bytes)?;
+    if header.compression() == 0 {
+        let deltas = crate::records::Deltas::Increasing {
+            last_offset_delta: header.last_offset_delta(),
+        };
+        crate::records::walk_records_with(
+            &bytes[HEADER_BYTES..],
+            header.record_count() as u32,
+            deltas,
+            |_| {},
+        )?;
+    }
+    Ok(())
+}
+
+/// Length field, exactly one batch, and the size limit.
+fn check_framing(bytes: &[u8], max_bytes: u32) -> Result<(BatchHeader<'_>, u64), BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let length = header.batch_length();
     if length < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 {
@@ -200,24 +248,12 @@ pub fn validate(bytes: &[u8], max_bytes: u32) -> Result<BatchInfo, BatchError> {
             max_bytes,
         });
     }
-    check_header(&header)?;
-    check_crc(&header, bytes)?;
-    if header.compression() == 0 {
-        // Compressed payloads are checked where they are decompressed (readers that
-        // look inside), not on every append.
-        crate::records::walk_records(&bytes[HEADER_BYTES..], header.record_count() as u32, |_| {})?;
-    }
-    Ok(BatchInfo {
-        record_count: header.record_count() as u32,
-        max_timestamp: header.max_timestamp(),
-        total_bytes: total as u32,
-        producer_id: header.producer_id(),
-        producer_epoch: header.producer_epoch(),
-        base_sequence: header.base_sequence(),
-    })
+    Ok((header, total))
 }
 
-/// The header checks that need no payload: magic and record counts.
+/// The header checks that need no payload, for a stored batch: magic 2, and
+/// `0 < recordCount <= lastOffsetDelta + 1`. A batch the cleaner rewrote keeps its
+/// `lastOffsetDelta` (so its offsets do not move) but holds fewer records.
 pub(crate) fn check_header(header: &BatchHeader<'_>) -> Result<(), BatchError> {
     if header.magic() != MAGIC_V2 {
         return Err(BatchError::BadMagic {
@@ -229,6 +265,19 @@ pub(crate) fn check_header(header: &BatchHeader<'_>) -> Result<(), BatchError> {
         return Err(BatchError::BadRecordCount { count });
     }
     let delta = header.last_offset_delta();
+    if i64::from(delta) + 1 < i64::from(count) {
+        return Err(BatchError::CountMismatch {
+            last_offset_delta: delta,
+            record_count: count,
+        });
+    }
+    Ok(())
+}
+
+/// The append rule on top of [`check_header`]: a producer's batch has no gaps, so
+/// `lastOffsetDelta + 1 == recordCount`.
+fn check_dense_counts(header: &BatchHeader<'_>) -> Result<(), BatchError> {
+    let (count, delta) = (header.record_count(), header.last_offset_delta());
     if i64::from(delta) + 1 != i64::from(count) {
         return Err(BatchError::CountMismatch {
             last_offset_delta: delta,
@@ -258,10 +307,32 @@ pub(crate) fn rewrite_header(bytes: &mut [u8], base: Offset) {
 }
 
 /// Computes and stores the CRC of a batch whose other fields are final. Used by tests
-/// and tools that build batches; the log itself never re-computes a CRC.
+/// and tools that build batches, and by the cleaner for the batches it rewrites.
 pub fn seal_crc(bytes: &mut [u8]) {
     let crc = crc32c::crc32c(&bytes[CRC_START..]);
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A copy of `original` (a stored batch) with its records replaced by `payload`, which
+/// holds `record_count` records whose largest timestamp is `max_timestamp`, and the CRC
+/// recomputed. Everything else, `baseOffset`, `lastOffsetDelta` and `baseTimestamp`
+/// included, is kept: this is how the cleaner rewrites a batch without moving any
+/// offset (record timestamp and offset deltas stay relative to the same bases).
+pub(crate) fn with_records(
+    original: &[u8],
+    record_count: i32,
+    max_timestamp: TimestampMs,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(&original[..HEADER_BYTES]);
+    out.extend_from_slice(payload);
+    let length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    out[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    out[57..61].copy_from_slice(&record_count.to_be_bytes());
+    seal_crc(&mut out);
+    out
 }
 
 /// One record for [`build_batch`]: an optional key and an optional value (None is null).
@@ -436,5 +507,35 @@ mod tests {
             validate(&b, 1 << 20),
             Err(BatchError::BadLength { .. })
         ));
+    }
+
+    #[test]
+    fn a_compacted_batch_is_valid_stored_but_not_as_an_append() {
+        let b = build_batch(&[(Some(b"a"), Some(b"1")), (Some(b"a"), Some(b"2"))], 5);
+        let h = BatchHeader::parse(&b).unwrap();
+        // Keep only the second record (delta 1): recordCount 1, lastOffsetDelta 1.
+        let mut second = Vec::new();
+        let mut i = 0;
+        crate::records::walk_records(&b[HEADER_BYTES..], 2, |r| {
+            if i == 1 {
+                second = r.bytes.to_vec();
+            }
+            i += 1;
+        })
+        .unwrap();
+        let c = with_records(&b, 1, 5, &second);
+        let hc = BatchHeader::parse(&c).unwrap();
+        assert_eq!(hc.record_count(), 1);
+        assert_eq!(hc.last_offset_delta(), h.last_offset_delta());
+        validate_stored(&c).unwrap();
+        assert!(matches!(
+            validate(&c, 1 << 20),
+            Err(BatchError::CountMismatch { .. })
+        ));
+        // More records than lastOffsetDelta allows is never valid.
+        let mut d = b.clone();
+        d[23..27].copy_from_slice(&0i32.to_be_bytes());
+        seal_crc(&mut d);
+        assert!(validate_stored(&d).is_err());
     }
 }

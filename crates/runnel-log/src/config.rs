@@ -7,8 +7,10 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::codec::BatchCodec;
 use crate::error::ConfigError;
 
 /// Largest batch a topic accepts by default: Kafka's `message.max.bytes` (1 MiB plus
@@ -33,6 +35,16 @@ pub const OPEN_SEGMENT_FILES_MAX_DEFAULT: usize = 1024;
 pub const PARTITIONS_MAX: u32 = 10_000;
 /// Longest legal topic name (Kafka's limit).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// How long a tombstone outlives its batch by default before the cleaner removes it
+/// (Kafka's `delete.retention.ms`, one day): consumers that lag less than this see it.
+pub const DELETE_RETENTION_MS_DEFAULT: u64 = 24 * 3600 * 1000;
+/// Memory for the cleaner's key map in one pass, by default (Kafka's
+/// `log.cleaner.dedupe.buffer.size` is 128 MiB for all cleaner threads).
+pub const CLEANER_MAP_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// What one key-map entry costs, counted generously: a 16-byte key hash and an 8-byte
+/// offset, the hash table's control byte and load factor, and the slack of a table
+/// that doubles when it grows.
+pub const CLEANER_MAP_ENTRY_BYTES: usize = 64;
 
 const _: () = assert!(SEGMENT_BYTES_LIMIT + MAX_MESSAGE_BYTES_LIMIT as u64 <= u32::MAX as u64);
 const _: () = assert!(MAX_MESSAGE_BYTES_DEFAULT <= MAX_MESSAGE_BYTES_LIMIT);
@@ -89,7 +101,7 @@ pub enum CleanupPolicy {
     /// Whole segments are deleted by age and size.
     #[default]
     Delete,
-    /// Only the latest record per key is kept (the cleaner lands with compaction).
+    /// Only the latest record per key is kept (see [`crate::cleaner`]).
     Compact,
     /// Both.
     CompactDelete,
@@ -100,6 +112,12 @@ impl CleanupPolicy {
     #[must_use]
     pub fn deletes(self) -> bool {
         matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+
+    /// Whether the cleaner compacts the topic (and appends need keys).
+    #[must_use]
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
     }
 }
 
@@ -150,6 +168,9 @@ pub struct TopicConfig {
     pub index_interval_bytes: u32,
     /// `cleanup.policy`.
     pub cleanup_policy: CleanupPolicy,
+    /// `delete.retention.ms`: on a compacted topic, how long after its batch's max
+    /// timestamp a tombstone (null value) is kept, so that consumers see the deletion.
+    pub delete_retention_ms: u64,
 }
 
 impl Default for TopicConfig {
@@ -163,6 +184,7 @@ impl Default for TopicConfig {
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -170,6 +192,7 @@ impl Default for TopicConfig {
 /// The keys [`TopicConfig::set`] understands, in a stable order.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
     "retention.bytes",
@@ -237,6 +260,9 @@ impl TopicConfig {
             "cleanup.policy" => {
                 self.cleanup_policy = value.parse().map_err(|e: String| bad(key, value, e))?;
             }
+            "delete.retention.ms" => {
+                self.delete_retention_ms = parse_in(key, value, 0, i64::MAX as u64)?;
+            }
             _ => return Err(bad(key, value, "unknown topic config key")),
         }
         Ok(())
@@ -254,6 +280,7 @@ impl TopicConfig {
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
             "cleanup.policy" => self.cleanup_policy.to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
             _ => return None,
         })
     }
@@ -280,9 +307,18 @@ pub struct LogConfig {
     /// How often the background thread runs retention. Kafka's
     /// `log.retention.check.interval.ms` defaults to 5 minutes.
     pub retention_check_interval: Duration,
-    /// Whether to start the background thread (interval flushes, retention). Tests that
-    /// drive time by hand turn it off and call the maintenance methods themselves.
+    /// Whether to start the background thread (interval flushes, retention, cleaning).
+    /// Tests that drive time by hand turn it off and call the maintenance methods
+    /// themselves.
     pub background: bool,
+    /// How often the background thread runs the cleaner over compacted topics (Kafka's
+    /// `log.cleaner.backoff.ms` is 15 s).
+    pub cleaner_interval: Duration,
+    /// Memory for the cleaner's key map in one pass (see [`CLEANER_MAP_BYTES_MAX_DEFAULT`]).
+    pub cleaner_map_bytes_max: usize,
+    /// Decompresses and recompresses batches for the cleaner and the key check of
+    /// compacted topics. `None`: compressed batches are kept whole (see [`crate::codec`]).
+    pub batch_codec: Option<Arc<dyn BatchCodec>>,
 }
 
 impl LogConfig {
@@ -294,6 +330,9 @@ impl LogConfig {
             open_segment_files_max: OPEN_SEGMENT_FILES_MAX_DEFAULT,
             retention_check_interval: Duration::from_secs(300),
             background: true,
+            cleaner_interval: Duration::from_secs(15),
+            cleaner_map_bytes_max: CLEANER_MAP_BYTES_MAX_DEFAULT,
+            batch_codec: None,
         }
     }
 }
@@ -339,6 +378,7 @@ mod tests {
         c.set("segment.bytes", "4096").unwrap();
         c.set("cleanup.policy", "delete,compact").unwrap();
         c.set("runnel.durability", "never").unwrap();
+        c.set("delete.retention.ms", "1000").unwrap();
         let mut d = TopicConfig::default();
         for (k, v) in c.entries() {
             d.set(k, &v).unwrap();

@@ -66,6 +66,13 @@ pub enum BatchError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A record without a key was sent to a compacted topic, where the key is what
+    /// compaction keeps the latest value of (Kafka refuses these too).
+    #[error("compacted topics accept only records with a key (record {index} has none)")]
+    MissingKey {
+        /// The record's index in the batch.
+        index: u32,
+    },
     /// `lastOffsetDelta + 1 != recordCount`.
     #[error("lastOffsetDelta {last_offset_delta} does not match recordCount {record_count}")]
     CountMismatch {

@@ -1,5 +1,5 @@
 //! The log: a directory of topics, each with N partitions, plus the background thread
-//! that runs interval flushes and retention.
+//! that runs interval flushes, retention and the cleaner.
 //!
 //! Layout of the data directory:
 //!
@@ -119,6 +119,8 @@ struct Inner {
 pub struct Log {
     inner: Arc<Inner>,
     worker: Option<JoinHandle<()>>,
+    /// The cleaner runs on its own thread, so a long pass never delays interval flushes.
+    cleaner: Option<JoinHandle<()>>,
 }
 
 impl Log {
@@ -161,8 +163,11 @@ impl Log {
         let env = Arc::new(Env {
             storage,
             clock,
+            codec: config.batch_codec.clone(),
+            cleaner_map_bytes_max: config.cleaner_map_bytes_max,
             files: FileCache::new(config.open_segment_files_max),
             recovery_events: Mutex::new(Vec::new()),
+            stats: Arc::default(),
         });
         let inner = Arc::new(Inner {
             env,
@@ -173,18 +178,32 @@ impl Log {
             _lock: lock,
         });
         load_topics(&inner, clean)?;
-        let worker = if inner.config.background {
-            let inner = inner.clone();
-            Some(
+        let (worker, cleaner) = if inner.config.background {
+            let spawn = |name: &str, run: fn(&Inner)| {
+                let inner = inner.clone();
                 std::thread::Builder::new()
-                    .name("runnel-log-maintenance".into())
-                    .spawn(move || maintenance_loop(&inner))
-                    .map_err(|e| LogError::io("spawn thread", &data, e))?,
+                    .name(name.into())
+                    .spawn(move || run(&inner))
+                    .map_err(|e| LogError::io("spawn thread", &data, e))
+            };
+            (
+                Some(spawn("runnel-log-maintenance", maintenance_loop)?),
+                Some(spawn("runnel-log-cleaner", cleaner_loop)?),
             )
         } else {
-            None
+            (None, None)
         };
-        Ok(Log { inner, worker })
+        Ok(Log {
+            inner,
+            worker,
+            cleaner,
+        })
+    }
+
+    /// What the log measured of itself (fsync latency).
+    #[must_use]
+    pub fn stats(&self) -> &crate::stats::LogStats {
+        &self.inner.env.stats
     }
 
     /// The log's settings.
@@ -358,6 +377,15 @@ impl Log {
             .clone()
     }
 
+    /// Runs one cleaner pass on every partition of `topic` now (a no-op unless its
+    /// `cleanup.policy` compacts). Returns what each partition's pass did.
+    pub fn compact_now(&self, topic: &str) -> Result<Vec<crate::cleaner::CleanStats>> {
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        t.partitions().iter().map(|p| p.clean()).collect()
+    }
+
     /// Runs retention on every partition now. Returns the number of segments deleted.
     pub fn apply_retention(&self) -> usize {
         apply_retention(&self.inner)
@@ -395,7 +423,10 @@ impl Log {
     fn stop_worker(&mut self) {
         *self.inner.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.inner.wake.notify_all();
-        if let Some(w) = self.worker.take() {
+        for w in [self.worker.take(), self.cleaner.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = w.join();
         }
     }
@@ -554,6 +585,37 @@ fn apply_retention(inner: &Inner) -> usize {
         }
     }
     deleted
+}
+
+/// One cleaner pass over every partition of every compacted topic.
+fn clean_compacted(inner: &Inner) {
+    let topics: Vec<Arc<Topic>> = read(&inner.topics).values().cloned().collect();
+    for t in topics {
+        if !t.config().cleanup_policy.compacts() {
+            continue;
+        }
+        for p in t.partitions() {
+            if let Err(e) = p.clean() {
+                error!(topic = p.topic(), partition = p.id().0, error = %e, "cleaning failed");
+            }
+        }
+    }
+}
+
+/// Sleeps `timeout` or until the log stops; returns whether it stopped.
+fn wait_or_stop(inner: &Inner, timeout: Duration) -> bool {
+    let stop = inner.stop.lock().unwrap_or_else(|p| p.into_inner());
+    let (stop, _) = inner
+        .wake
+        .wait_timeout_while(stop, timeout, |stop| !*stop)
+        .unwrap_or_else(|p| p.into_inner());
+    *stop
+}
+
+fn cleaner_loop(inner: &Inner) {
+    while !wait_or_stop(inner, inner.config.cleaner_interval) {
+        clean_compacted(inner);
+    }
 }
 
 fn maintenance_loop(inner: &Inner) {

@@ -39,8 +39,13 @@ pub(crate) const LOG_START_FILE: &str = "log-start-offset";
 pub(crate) struct Env {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// For the cleaner and the key check of compacted topics (see [`crate::codec`]).
+    pub(crate) codec: Option<Arc<dyn crate::codec::BatchCodec>>,
+    /// The cleaner's key-map budget per pass.
+    pub(crate) cleaner_map_bytes_max: usize,
     pub(crate) files: FileCache,
     pub(crate) recovery_events: Mutex<Vec<crate::recovery::RecoveryEvent>>,
+    pub(crate) stats: Arc<crate::stats::LogStats>,
 }
 
 impl Env {
@@ -58,6 +63,16 @@ pub(crate) struct Segment {
     pub(crate) active_file: Option<Arc<dyn StorageFile>>,
     /// When the segment was opened, for `segment.ms`.
     pub(crate) created_ms: TimestampMs,
+    /// Unique in this process: the cleaner swaps a rewrite in only if the segment it
+    /// read is still there, not one that truncation and appends recreated at the same
+    /// base offset.
+    pub(crate) serial: u64,
+}
+
+/// The next [`Segment::serial`].
+pub(crate) fn next_segment_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Segment {
@@ -75,10 +90,11 @@ impl Segment {
             stats: SegmentStats::empty(base),
             active_file: Some(file),
             created_ms: env.clock.now_ms(),
+            serial: next_segment_serial(),
         })
     }
 
-    fn file(&self, env: &Env, dir: &Path) -> Result<Arc<dyn StorageFile>> {
+    pub(crate) fn file(&self, env: &Env, dir: &Path) -> Result<Arc<dyn StorageFile>> {
         match &self.active_file {
             Some(f) => Ok(f.clone()),
             None => {
@@ -210,17 +226,20 @@ impl State {
         self.segments.iter().map(|s| s.stats.size).sum()
     }
 
-    /// Index of the segment holding `offset`, skipping gaps between segments.
+    /// Index of the first segment with data at or after `offset`: the one holding it,
+    /// or the next one across a gap. Gaps come from the cleaner, which may empty a
+    /// segment or drop its last batches; `next_offset` never shrinks from one segment to
+    /// the next, so a binary search finds the first candidate, and empty closed
+    /// segments after it are skipped.
     fn segment_for(&self, offset: Offset) -> Option<usize> {
-        let i = self
+        let last = self.segments.len() - 1;
+        let mut i = self
             .segments
-            .partition_point(|s| s.stats.base <= offset)
-            .checked_sub(1)?;
-        if offset < self.segments[i].stats.next_offset {
-            Some(i)
-        } else {
-            (i + 1 < self.segments.len()).then_some(i + 1)
+            .partition_point(|s| s.stats.next_offset <= offset);
+        while i < last && self.segments[i].stats.size == 0 {
+            i += 1;
         }
+        (i <= last).then_some(i)
     }
 }
 
@@ -236,19 +255,25 @@ struct SyncState {
 /// A partition of a topic. Shared by `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Partition {
-    topic: Arc<str>,
-    id: PartitionId,
-    dir: PathBuf,
-    env: Arc<Env>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) id: PartitionId,
+    pub(crate) dir: PathBuf,
+    pub(crate) env: Arc<Env>,
     config: Arc<RwLock<TopicConfig>>,
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
+    /// One cleaner pass at a time, and what the passes learned (see [`crate::cleaner`]).
+    pub(crate) cleaner: Mutex<crate::cleaner::CleanerState>,
+    /// Closed segments whose base is below this were compacted by an earlier pass (in
+    /// memory only: after a restart the first pass maps everything again). Truncation
+    /// lowers it.
+    pub(crate) cleaned_upto: std::sync::atomic::AtomicU64,
     sync: Mutex<SyncState>,
     synced: Condvar,
     poison: OnceLock<String>,
     hwm: watch::Sender<Offset>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a partition lock is a bug that already surfaced; the data
     // the lock guards stays consistent because every update is completed before unlock.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -276,6 +301,8 @@ impl Partition {
             }),
             env,
             state: Mutex::new(state),
+            cleaner: Mutex::new(crate::cleaner::CleanerState::default()),
+            cleaned_upto: std::sync::atomic::AtomicU64::new(0),
             synced: Condvar::new(),
             poison: OnceLock::new(),
             hwm: watch::Sender::new(end),
@@ -343,7 +370,7 @@ impl Partition {
         self.poison.get().map(String::as_str)
     }
 
-    fn config(&self) -> TopicConfig {
+    pub(crate) fn config(&self) -> TopicConfig {
         self.config
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -381,6 +408,9 @@ impl Partition {
     pub fn append_deferred(&self, batch: &[u8]) -> Result<Pending<'_>> {
         let cfg = self.config();
         let records = u64::from(batch::validate(batch, cfg.max_message_bytes)?.record_count);
+        if cfg.cleanup_policy.compacts() {
+            crate::cleaner::check_keys(batch, self.env.codec.as_deref())?;
+        }
         let mut st = lock(&self.state);
         self.check_writable(&st)?;
         let now = self.env.clock.now_ms();
@@ -556,7 +586,9 @@ impl Partition {
                     a.stats.base,
                 )
             };
+            let started = std::time::Instant::now();
             let result = file.sync_data();
+            self.env.stats.fsync.observe(started.elapsed());
             s = lock(&self.sync);
             s.busy = false;
             self.synced.notify_all();
@@ -850,7 +882,12 @@ impl Partition {
         let mut deleted = 0;
         while st.segments.len() > 1 {
             let first = &st.segments[0].stats;
-            if !(first.next_offset <= st.log_start || doomed(total, first)) {
+            // A segment the cleaner emptied at the log start holds no records but keeps
+            // the log start where it is: dropping it would move the start over offsets
+            // consumers may still ask for.
+            let emptied_at_start = first.size == 0 && first.base >= st.log_start;
+            let below_start = first.next_offset <= st.log_start && !emptied_at_start;
+            if !(below_start || doomed(total, first)) {
                 break;
             }
             total -= first.size;
@@ -906,6 +943,8 @@ impl Partition {
 
     /// Removes every batch at and after `offset`. When `offset` falls inside a batch,
     /// that whole batch goes too. The new log end is returned. Durable before it returns.
+    /// On a compacted log the new end is one past the last batch kept, which lies below
+    /// `offset` when `offset` falls in a gap the cleaner left.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
         // Hold off syncs, so none publishes a watermark from before the cut.
         {
@@ -940,6 +979,11 @@ impl Partition {
         }
         let i = st.segment_for(offset).expect("offset is below the log end");
         let cut = batch_containing(&self.env, &self.dir, &st.segments[i], offset)?;
+        // Segments that appends recreate above the cut have not been cleaned.
+        self.cleaned_upto.fetch_min(
+            st.segments[i].stats.base.0,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         if cut < st.log_start {
             // Cutting the batch that straddles the log start would end the log before it
             // starts, and bring back records below the start.
@@ -1024,7 +1068,7 @@ impl Partition {
 fn batch_containing(env: &Env, dir: &Path, seg: &Segment, offset: Offset) -> Result<Offset> {
     let path = segment::log_path(dir, seg.stats.base);
     let file = seg.file(env, dir)?;
-    let rel = offset.0 - seg.stats.base.0;
+    let rel = offset.0.saturating_sub(seg.stats.base.0);
     let mut pos = seg.stats.index.floor(rel).map_or(0, |(_, p)| u64::from(p));
     let mut reader = ChunkReader::new(&*file, seg.stats.size, 64 << 10);
     while let Some(head) = reader

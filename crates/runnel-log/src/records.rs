@@ -25,7 +25,8 @@ use crate::error::BatchError;
 pub struct RecordView<'a> {
     /// Added to the batch's base timestamp.
     pub timestamp_delta: i64,
-    /// Added to the batch's base offset; equals the record's index in the batch.
+    /// Added to the batch's base offset. In a batch as a producer sent it this is the
+    /// record's index; after compaction gaps appear, but deltas still strictly grow.
     pub offset_delta: i32,
     /// The key, or `None` for null.
     pub key: Option<&'a [u8]>,
@@ -33,27 +34,76 @@ pub struct RecordView<'a> {
     pub value: Option<&'a [u8]>,
     /// How many headers the record has.
     pub header_count: u32,
+    /// The whole record, its length prefix included: what the cleaner copies when it
+    /// keeps the record.
+    pub bytes: &'a [u8],
 }
 
-/// Walks the `expected` records of `payload`, calling `f` on each. Fails if the payload
-/// holds more or fewer records, if a record does not end where its length says, if a
-/// length points past the end, or if offset deltas are not 0, 1, 2, ...
+/// Which offset deltas a walk accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deltas {
+    /// 0, 1, 2, ...: a batch as a producer builds it (checked on append).
+    Dense,
+    /// Strictly increasing, from 0 up to and including the batch's `lastOffsetDelta`: a
+    /// batch the cleaner rewrote keeps its records' original deltas, with gaps.
+    Increasing {
+        /// The batch's `lastOffsetDelta`.
+        last_offset_delta: i32,
+    },
+}
+
+/// Walks the `expected` records of a stored batch's `payload`, calling `f` on each.
+/// Fails if the payload holds more or fewer records, if a record does not end where its
+/// length says, if a length points past the end, or if offset deltas do not strictly
+/// increase from 0 or more. Batches the cleaner rewrote have gaps between deltas, so
+/// this is the walk for anything read back from a log; appends use
+/// [`walk_records_with`] and [`Deltas::Dense`].
 pub fn walk_records<'a>(
     payload: &'a [u8],
     expected: u32,
+    f: impl FnMut(&RecordView<'a>),
+) -> Result<(), BatchError> {
+    let last_offset_delta = i32::MAX;
+    walk_records_with(
+        payload,
+        expected,
+        Deltas::Increasing { last_offset_delta },
+        f,
+    )
+}
+
+/// [`walk_records`] with an explicit rule for offset deltas.
+pub fn walk_records_with<'a>(
+    payload: &'a [u8],
+    expected: u32,
+    deltas: Deltas,
     mut f: impl FnMut(&RecordView<'a>),
 ) -> Result<(), BatchError> {
     let mut r = Cursor(payload);
+    let mut previous: i64 = -1;
     for index in 0..expected {
+        let start = r.0;
         let length = r.varint()?;
         let length = usize::try_from(length).map_err(|_| bad("negative record length"))?;
         let mut rec = Cursor(r.take(length)?);
+        let bytes = &start[..start.len() - r.0.len()];
         let _attributes = rec.take(1)?;
         let timestamp_delta = rec.varint()?;
         let offset_delta = rec.varint()?;
-        if offset_delta != i64::from(index) {
-            return Err(bad("record offset deltas must count up from 0"));
+        match deltas {
+            Deltas::Dense if offset_delta != i64::from(index) => {
+                return Err(bad("record offset deltas must count up from 0"));
+            }
+            Deltas::Increasing { last_offset_delta }
+                if offset_delta <= previous || offset_delta > i64::from(last_offset_delta) =>
+            {
+                return Err(bad(
+                    "record offset deltas must grow and stay within lastOffsetDelta",
+                ));
+            }
+            _ => {}
         }
+        previous = offset_delta;
         let key = rec.nullable_bytes()?;
         let value = rec.nullable_bytes()?;
         let header_count = rec.varint()?;
@@ -75,6 +125,7 @@ pub fn walk_records<'a>(
             key,
             value,
             header_count: header_count as u32,
+            bytes,
         });
     }
     if !r.0.is_empty() {
@@ -180,5 +231,50 @@ mod tests {
         for cut in 0..p.len() {
             assert!(walk_records(&p[..cut], 2, |_| {}).is_err(), "cut at {cut}");
         }
+    }
+
+    /// The payload of `build_batch` with the second of three records cut out, as the
+    /// cleaner leaves it: deltas 0 and 2.
+    fn with_gap() -> Vec<u8> {
+        let p = payload(&[
+            (Some(b"a"), Some(b"1")),
+            (Some(b"b"), None),
+            (Some(b"c"), Some(b"3")),
+        ]);
+        let mut records = Vec::new();
+        walk_records(&p, 3, |r| records.push(r.bytes.to_vec())).unwrap();
+        [records[0].clone(), records[2].clone()].concat()
+    }
+
+    #[test]
+    fn stored_batches_may_have_gaps_but_appends_may_not() {
+        let gap = with_gap();
+        let mut deltas = Vec::new();
+        walk_records(&gap, 2, |r| deltas.push(r.offset_delta)).unwrap();
+        assert_eq!(deltas, vec![0, 2]);
+        let within = Deltas::Increasing {
+            last_offset_delta: 2,
+        };
+        walk_records_with(&gap, 2, within, |_| {}).unwrap();
+        let beyond = Deltas::Increasing {
+            last_offset_delta: 1,
+        };
+        assert!(walk_records_with(&gap, 2, beyond, |_| {}).is_err());
+        assert!(walk_records_with(&gap, 2, Deltas::Dense, |_| {}).is_err());
+    }
+
+    #[test]
+    fn deltas_must_strictly_grow() {
+        let one = payload(&[(Some(b"a"), Some(b"1"))]);
+        let twice = [one.clone(), one].concat();
+        assert!(walk_records(&twice, 2, |_| {}).is_err(), "a repeated delta");
+    }
+
+    #[test]
+    fn a_record_view_carries_its_exact_bytes() {
+        let p = payload(&[(Some(b"k"), Some(b"v")), (None, None)]);
+        let mut all = Vec::new();
+        walk_records(&p, 2, |r| all.extend_from_slice(r.bytes)).unwrap();
+        assert_eq!(all, p);
     }
 }

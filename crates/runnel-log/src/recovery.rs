@@ -8,6 +8,9 @@
 //!   The first bad batch ends the log: the file is cut there, later segments are deleted,
 //!   and a warning names the file, the position and what was cut.
 //! - Index files that are missing or disagree with the data are rebuilt from it.
+//! - A cleaner swap interrupted by a crash is finished (`<base>.log.swap`, committed) or
+//!   discarded (`<base>.log.cleaned`, not committed) before anything is loaded; see
+//!   [`crate::cleaner`].
 //!
 //! Nothing that fails its CRC is ever served: reads check every batch again.
 
@@ -16,6 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
 
+use crate::cleaner;
 use crate::config::TopicConfig;
 use crate::error::{LogError, Result};
 use crate::io::OpenMode;
@@ -47,6 +51,12 @@ pub enum RecoveryEvent {
     },
     /// A segment's index files were missing or wrong and were rebuilt from its data.
     IndexRebuilt {
+        /// The segment file.
+        path: PathBuf,
+    },
+    /// A cleaner swap that committed before a crash was finished: the compacted copy
+    /// replaced the segment.
+    SwapFinished {
         /// The segment file.
         path: PathBuf,
     },
@@ -123,13 +133,20 @@ impl Partition {
         let mut bases = Vec::new();
         for e in &entries {
             let path = dir.join(&e.name);
-            if e.name.ends_with(".tmp") {
+            if e.name.ends_with(".tmp") || e.name.ends_with(cleaner::CLEANED_SUFFIX) {
+                // A temporary file, or a cleaned segment whose swap never committed.
                 let _ = storage.remove_file(&path);
             } else if let Some(base) = segment::parse_log_name(&e.name) {
                 bases.push(base);
             }
         }
+        for e in &entries {
+            if let Some(base) = finish_swap(&env, dir, &e.name)? {
+                bases.push(base);
+            }
+        }
         bases.sort_unstable();
+        bases.dedup();
         let recovery_point = if clean {
             Offset(u64::MAX)
         } else {
@@ -171,6 +188,7 @@ impl Partition {
                 stats,
                 active_file: Some(file),
                 created_ms: env.clock.now_ms(),
+                serial: crate::partition::next_segment_serial(),
             });
             if cut && k + 1 < bases.len() {
                 warn!(dir = %dir.display(), removed = bases.len() - k - 1, "deleting the segments after a corrupt batch: nothing after a hole is served");
@@ -209,6 +227,37 @@ impl Partition {
             state,
         ))
     }
+}
+
+/// Finishes a cleaner swap that committed before a crash (see [`crate::cleaner`]):
+/// `<base>.log.swap` replaces `<base>.log`, whose index files go first so that they are
+/// rebuilt from the new data. Returns the segment's base if `name` was such a file.
+fn finish_swap(env: &Env, dir: &Path, name: &str) -> Result<Option<Offset>> {
+    let Some(log_name) = name.strip_suffix(cleaner::SWAP_SUFFIX) else {
+        return Ok(None);
+    };
+    let Some(base) = segment::parse_log_name(log_name) else {
+        return Ok(None);
+    };
+    let storage = &*env.storage;
+    for p in [
+        segment::index_path(dir, base),
+        segment::time_index_path(dir, base),
+    ] {
+        if storage.exists(&p) {
+            storage
+                .remove_file(&p)
+                .map_err(|e| LogError::io("delete index", &p, e))?;
+        }
+    }
+    let (from, to) = (dir.join(name), segment::log_path(dir, base));
+    storage
+        .rename(&from, &to)
+        .and_then(|()| storage.sync_dir(dir))
+        .map_err(|e| LogError::io("rename", &from, e))?;
+    info!(path = %to.display(), "finished swapping in a cleaned segment");
+    env.record(RecoveryEvent::SwapFinished { path: to });
+    Ok(Some(base))
 }
 
 /// Scans a segment and cuts it at the first bad batch. Returns whether it cut.

@@ -402,7 +402,9 @@ pub(crate) fn load_indexed(
             return Ok(None);
         };
         let header = BatchHeader::parse(head).expect("header length checked");
-        let offset_ok = if stats.size == start_pos {
+        // The indexed batch starts exactly at its entry's offset. The first batch of a
+        // segment may start above the base: the cleaner drops whole batches.
+        let offset_ok = if stats.size == start_pos && start_pos > 0 {
             header.base_offset_raw() == stats.next_offset.0 as i64
         } else {
             header.base_offset_raw() >= stats.next_offset.0 as i64

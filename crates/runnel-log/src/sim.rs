@@ -6,6 +6,10 @@
 //! durable image, plus, in [`CrashMode::Torn`], a random prefix of the unsynced tail,
 //! possibly with garbage at its end (a torn sector).
 //!
+//! [`SimStorage::arm_power_cut`] takes that image just before the n-th file operation
+//! from now, so a test can cut the power at every step of a multi-step operation (the
+//! cleaner's swap) and recover from each.
+//!
 //! Simplification, stated: directory operations (create, rename, remove) are durable at
 //! once. The log still calls `sync_dir` where a real disk needs it.
 
@@ -13,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::io::{DirEntry, DirLock, OpenMode, Storage, StorageFile};
 
@@ -38,6 +42,27 @@ struct Faults {
     syncs: AtomicU64,
     /// When set, writes fail with an I/O error.
     fail_writes: AtomicBool,
+    /// Operations that change files or directories so far (see [`SimStorage::op_count`]).
+    ops: AtomicU64,
+    /// A power cut armed to happen just before this operation.
+    armed: Mutex<Option<(u64, CrashMode)>>,
+    /// The disk as the armed power cut left it.
+    cut: Mutex<Option<SimStorage>>,
+}
+
+impl Faults {
+    /// Counts one mutating operation, taking the armed power cut first if it is due.
+    /// Must be called before the operation takes any lock of the file system.
+    fn tick(&self, tree: &Weak<Mutex<Tree>>) {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
+        let due = match *lock(&self.armed) {
+            Some((at, mode)) if at == n => Some(mode),
+            _ => None,
+        };
+        if let (Some(mode), Some(tree)) = (due, tree.upgrade()) {
+            *lock(&self.cut) = Some(cut_tree(&tree, mode));
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +75,8 @@ struct Image {
 struct SimFile {
     image: Mutex<Image>,
     faults: Arc<Faults>,
+    /// The file system the file belongs to, for armed power cuts.
+    tree: Weak<Mutex<Tree>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +95,7 @@ impl StorageFile for SimFile {
         Ok(n)
     }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.faults.tick(&self.tree);
         if self.faults.fail_writes.load(Ordering::SeqCst) {
             return Err(io::Error::other("simulated write failure"));
         }
@@ -80,6 +108,7 @@ impl StorageFile for SimFile {
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
+        self.faults.tick(&self.tree);
         let left = self.faults.syncs_before_failure.load(Ordering::SeqCst);
         if left == 0 {
             return Err(io::Error::other("simulated fsync failure"));
@@ -98,6 +127,7 @@ impl StorageFile for SimFile {
         Ok(lock(&self.image).current.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.faults.tick(&self.tree);
         let len = usize::try_from(len).map_err(io::Error::other)?;
         lock(&self.image).current.resize(len, 0);
         Ok(())
@@ -164,31 +194,35 @@ impl SimStorage {
     /// working on the old state, as a dead process's would not matter.
     #[must_use]
     pub fn power_cut(&self, mode: CrashMode) -> SimStorage {
-        let tree = lock(&self.tree);
-        let next = SimStorage::new();
-        let mut rng = Rng(match mode {
-            CrashMode::Torn { seed } => seed | 1,
-            CrashMode::DropUnsynced => 1,
-        });
-        {
-            let mut out = lock(&next.tree);
-            out.dirs = tree.dirs.clone();
-            for (path, file) in &tree.files {
-                let img = lock(&file.image);
-                let bytes = surviving_bytes(&img, mode, &mut rng);
-                out.files.insert(
-                    path.clone(),
-                    Arc::new(SimFile {
-                        image: Mutex::new(Image {
-                            current: bytes.clone(),
-                            durable: bytes,
-                        }),
-                        faults: next.faults.clone(),
-                    }),
-                );
-            }
-        }
-        next
+        cut_tree(&self.tree, mode)
+    }
+
+    /// Operations that changed (or synced) files or directories so far: writes, syncs,
+    /// length changes, creations, removals, renames.
+    #[must_use]
+    pub fn op_count(&self) -> u64 {
+        self.faults.ops.load(Ordering::SeqCst)
+    }
+
+    /// Arms a power cut just before the `n`-th operation from now (counted as in
+    /// [`SimStorage::op_count`]; `n >= 1`). The program keeps running on `self`; the disk
+    /// as the cut left it is taken with [`SimStorage::take_power_cut`]. This is how a
+    /// test cuts the power in the middle of a multi-step operation, at every step.
+    pub fn arm_power_cut(&self, n: u64, mode: CrashMode) {
+        let at = self.op_count() + n.max(1);
+        *lock(&self.faults.armed) = Some((at, mode));
+        *lock(&self.faults.cut) = None;
+    }
+
+    /// The disk as the armed power cut left it, or `None` if fewer operations ran.
+    #[must_use]
+    pub fn take_power_cut(&self) -> Option<SimStorage> {
+        *lock(&self.faults.armed) = None;
+        lock(&self.faults.cut).take()
+    }
+
+    fn tick(&self) {
+        self.faults.tick(&Arc::downgrade(&self.tree));
     }
 
     /// After `n` more successful syncs, every sync fails.
@@ -230,6 +264,7 @@ impl SimStorage {
                 Arc::new(SimFile {
                     image: Mutex::new(Image::default()),
                     faults: self.faults.clone(),
+                    tree: Arc::downgrade(&self.tree),
                 })
             })
             .clone();
@@ -249,6 +284,35 @@ impl SimStorage {
         bytes[byte] ^= 1 << bit;
         self.set_file_bytes(path, bytes);
     }
+}
+
+fn cut_tree(tree: &Arc<Mutex<Tree>>, mode: CrashMode) -> SimStorage {
+    let tree = lock(tree);
+    let next = SimStorage::new();
+    let mut rng = Rng(match mode {
+        CrashMode::Torn { seed } => seed | 1,
+        CrashMode::DropUnsynced => 1,
+    });
+    {
+        let mut out = lock(&next.tree);
+        out.dirs = tree.dirs.clone();
+        for (path, file) in &tree.files {
+            let img = lock(&file.image);
+            let bytes = surviving_bytes(&img, mode, &mut rng);
+            out.files.insert(
+                path.clone(),
+                Arc::new(SimFile {
+                    image: Mutex::new(Image {
+                        current: bytes.clone(),
+                        durable: bytes,
+                    }),
+                    faults: next.faults.clone(),
+                    tree: Arc::downgrade(&next.tree),
+                }),
+            );
+        }
+    }
+    next
 }
 
 fn surviving_bytes(img: &Image, mode: CrashMode, rng: &mut Rng) -> Vec<u8> {
@@ -277,6 +341,9 @@ fn surviving_bytes(img: &Image, mode: CrashMode, rng: &mut Rng) -> Vec<u8> {
 
 impl Storage for SimStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        if matches!(mode, OpenMode::CreateNew | OpenMode::CreateTruncate) {
+            self.tick();
+        }
         let mut tree = lock(&self.tree);
         let parent_ok = path
             .parent()
@@ -299,6 +366,7 @@ impl Storage for SimStorage {
                 let f = Arc::new(SimFile {
                     image: Mutex::new(Image::default()),
                     faults: self.faults.clone(),
+                    tree: Arc::downgrade(&self.tree),
                 });
                 tree.files.insert(path.to_path_buf(), f.clone());
                 f
@@ -308,6 +376,7 @@ impl Storage for SimStorage {
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.tick();
         let mut tree = lock(&self.tree);
         for anc in path.ancestors() {
             if !anc.as_os_str().is_empty() {
@@ -347,6 +416,7 @@ impl Storage for SimStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.tick();
         lock(&self.tree)
             .files
             .remove(path)
@@ -355,6 +425,7 @@ impl Storage for SimStorage {
     }
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.tick();
         let mut tree = lock(&self.tree);
         if !tree.dirs.contains(path) {
             return Err(not_found(path));
@@ -365,6 +436,7 @@ impl Storage for SimStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.tick();
         let mut tree = lock(&self.tree);
         if let Some(f) = tree.files.remove(from) {
             tree.files.insert(to.to_path_buf(), f);
@@ -399,6 +471,7 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.tick();
         if lock(&self.tree).dirs.contains(path) {
             Ok(())
         } else {

@@ -306,6 +306,10 @@ fn metrics_count_what_kafka_clients_wrote_and_read() {
     );
     assert!(value(r#"runnel_topic_bytes_in_total{topic="counted"}"#) > 0.0);
     assert!(value(r#"runnel_request_duration_seconds_count{api="Produce"}"#) >= 1.0);
+    assert!(
+        value("runnel_fsync_duration_seconds_count") >= 1.0,
+        "acks=all fsyncs"
+    );
     assert!(value(r#"runnel_requests_total{api="Fetch"}"#) >= 1.0);
     assert_eq!(
         value(r#"runnel_partition_high_watermark{topic="counted",partition="0"}"#),

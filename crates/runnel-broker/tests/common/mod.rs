@@ -73,6 +73,9 @@ impl TestBroker {
         let thread = std::thread::spawn(move || {
             let mut log_config = LogConfig::new(&cfg.data_dir);
             log_config.topic_defaults.durability = cfg.durability;
+            log_config.batch_codec = Some(Arc::new(runnel_broker::records::KafkaCodecs));
+            // Compaction shows within a test's patience.
+            log_config.cleaner_interval = Duration::from_millis(200);
             let log = Arc::new(Log::open(log_config).expect("log opens"));
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
