@@ -277,6 +277,33 @@ fn groups_are_listed_described_reset_and_deleted() {
     let last = b.ok(&["consume", "jobs", "--group", "workers"], "");
     assert_eq!(last.lines().count(), 2, "one per partition: {last}");
     b.fails(&["group", "reset-offsets", "workers", "--topic", "jobs"], 2);
+    // The other targets, shown as dry runs: NEW is the last column.
+    let new_offsets = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["group", "reset-offsets", "workers", "--topic", "jobs"];
+        all.extend_from_slice(args);
+        b.ok(&all, "")
+            .lines()
+            .filter(|l| l.starts_with("jobs"))
+            .map(|l| l.split_whitespace().last().unwrap().to_string())
+            .collect()
+    };
+    let ends: Vec<String> = describe
+        .lines()
+        .filter(|l| l.starts_with("jobs"))
+        .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+        .collect();
+    assert_eq!(new_offsets(&["--to-latest"]), ends);
+    assert_eq!(new_offsets(&["--to-offset", "1"]), vec!["1", "1"]);
+    assert_eq!(
+        new_offsets(&["--to-offset", "99"]),
+        ends,
+        "clamped to the end"
+    );
+    assert_eq!(
+        new_offsets(&["--to-datetime", "2000-01-01T00:00:00Z"]),
+        vec!["0", "0"]
+    );
+    assert_eq!(new_offsets(&["--to-datetime", "@4102444800000"]), ends);
 
     b.ok(&["group", "delete", "workers"], "");
     b.fails(&["group", "describe", "workers"], 3);
@@ -315,6 +342,38 @@ fn metrics_count_what_kafka_clients_wrote_and_read() {
         value(r#"runnel_partition_high_watermark{topic="counted",partition="0"}"#),
         3.0
     );
+}
+
+#[test]
+fn consume_follow_waits_for_new_records() {
+    let b = Tools::start("follow");
+    b.ok(&["topic", "create", "stream", "--partitions", "1"], "");
+    b.ok(&["produce", "stream"], "old\n");
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["consume", "stream", "--from", "1", "--follow", "-n", "2"])
+        .args(["--bootstrap", &b.broker.addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It starts after "old" (offset 0) and must wait for what comes next.
+    b.ok(&["produce", "stream"], "new 1\nnew 2\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while follower.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            let out = follower.wait_with_output().unwrap();
+            panic!(
+                "the follower did not stop at --count: {} / {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "new 1\nnew 2\n");
 }
 
 #[test]
