@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -128,6 +128,11 @@ impl ApiError {
             LogError::UnknownPartition { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_partition", e.to_string())
             }
+            LogError::OffsetOutOfRange { .. } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "offset_out_of_range",
+                e.to_string(),
+            ),
             LogError::TopicExists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "topic_exists", e.to_string())
             }
@@ -160,6 +165,12 @@ impl From<JsonRejection> for ApiError {
             "bad_json"
         };
         ApiError::new(status, code, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError::bad_request(r.body_text())
     }
 }
 
@@ -424,9 +435,10 @@ struct Range {
 
 async fn read_records(
     State(s): State<AppState>,
-    Path((topic, partition)): Path<(String, u32)>,
+    path: Result<Path<(String, u32)>, PathRejection>,
     range: Result<Query<Range>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Path((topic, partition)) = path?;
     let Query(range) = range?;
     let limit = range.limit.unwrap_or(100);
     if limit == 0 || limit > RECORDS_LIMIT_MAX {

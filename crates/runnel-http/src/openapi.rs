@@ -11,6 +11,7 @@ fn path_param(name: &str, kind: &str, what: &str) -> Value {
 
 fn operation(method: &str, path: &str) -> Value {
     let topic = path_param("topic", "string", "The topic.");
+    let partition_max = runnel_log::config::PARTITIONS_MAX - 1;
     let error = json!({"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let ok = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
     match (method, path) {
@@ -32,7 +33,7 @@ fn operation(method: &str, path: &str) -> Value {
         ("post", "/api/v1/topics") => json!({
             "summary": "Create a topic",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewTopic"}}}},
-            "responses": {"201": ok("The topic"), "400": error, "409": error, "413": error}
+            "responses": {"201": ok("The topic"), "400": error, "409": error, "413": error, "415": error, "422": error}
         }),
         ("get", "/api/v1/topics/{topic}") => {
             json!({"summary": "Describe a topic", "parameters": [topic], "responses": {"200": ok("Partitions, offsets, settings"), "404": error}})
@@ -44,14 +45,14 @@ fn operation(method: &str, path: &str) -> Value {
             "summary": "Produce records",
             "parameters": [topic],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Produce"}}}},
-            "responses": {"200": ok("The offset of each record"), "400": error, "404": error, "413": error}
+            "responses": {"200": ok("The offset of each record"), "400": error, "404": error, "413": error, "415": error, "422": error}
         }),
         ("get", "/api/v1/topics/{topic}/partitions/{partition}/records") => json!({
             "summary": "Read records of a partition",
             "parameters": [
                 topic,
-                path_param("partition", "integer", "The partition."),
-                {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "partition", "in": "path", "required": true, "description": "The partition.", "schema": {"type": "integer", "minimum": 0, "maximum": partition_max}},
+                {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": i64::MAX}},
                 {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::RECORDS_LIMIT_MAX}}
             ],
             "responses": {"200": ok("Records, the next offset and the high watermark"), "400": error, "404": error}
@@ -60,8 +61,8 @@ fn operation(method: &str, path: &str) -> Value {
             "summary": "Live tail of a topic as server-sent events (event: record)",
             "parameters": [
                 topic,
-                {"name": "partition", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
-                {"name": "from", "in": "query", "required": false, "schema": {"type": "string", "default": "latest"}, "description": "latest, earliest, or an offset (with partition)"}
+                {"name": "partition", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": partition_max}},
+                {"name": "from", "in": "query", "required": false, "schema": {"type": "string", "default": "latest", "pattern": "^(latest|earliest|[0-9]{1,18})$"}, "description": "latest, earliest, or an offset (with partition)"}
             ],
             "responses": {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "400": error, "404": error, "503": error}
         }),
@@ -75,6 +76,16 @@ fn operation(method: &str, path: &str) -> Value {
         }),
         _ => json!({"summary": path, "responses": {"200": ok("OK")}}),
     }
+}
+
+/// Topic settings: the keys the log knows, each a string (whose value the log checks).
+fn config_schema() -> Value {
+    let keys: Map<String, Value> = runnel_log::TopicConfig::default()
+        .entries()
+        .into_iter()
+        .map(|(k, _)| (k.to_string(), json!({"type": "string"})))
+        .collect();
+    json!({"type": "object", "additionalProperties": false, "properties": keys})
 }
 
 /// The OpenAPI document.
@@ -97,14 +108,14 @@ pub fn openapi() -> Value {
             "Error": {"type": "object", "required": ["error", "code"], "properties": {
                 "error": {"type": "string"}, "code": {"type": "string"}}},
             "NewTopic": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                "name": {"type": "string"},
-                "partitions": {"type": "integer", "minimum": 1},
-                "config": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "name": {"type": "string", "pattern": "^[a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*$", "maxLength": 249},
+                "partitions": {"type": "integer", "nullable": true, "minimum": 1, "maximum": runnel_log::config::PARTITIONS_MAX},
+                "config": config_schema()}},
             "Produce": {"type": "object", "required": ["records"], "additionalProperties": false, "properties": {
                 "records": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "properties": {
                     "key": {"type": "string", "nullable": true},
                     "value": {"type": "string", "nullable": true},
-                    "partition": {"type": "integer", "minimum": 0}}}}}}
+                    "partition": {"type": "integer", "nullable": true, "minimum": 0, "maximum": runnel_log::config::PARTITIONS_MAX - 1}}}}}}
         }}
     })
 }
