@@ -211,3 +211,20 @@ pub fn assigned_partitions(assignment: &bytes::Bytes) -> Vec<(String, i32)> {
         Err(_) => Vec::new(),
     }
 }
+
+/// The topics of a consumer-protocol subscription (a `consumer` member's JoinGroup
+/// metadata); `None` when the bytes are not one.
+#[must_use]
+pub fn subscribed_topics(metadata: &bytes::Bytes) -> Option<Vec<String>> {
+    use bytes::Buf;
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    let mut b = metadata.clone();
+    if b.len() < 2 {
+        return None;
+    }
+    let version = b.get_i16().clamp(0, 3);
+    ConsumerProtocolSubscription::decode(&mut b, version)
+        .ok()
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+}

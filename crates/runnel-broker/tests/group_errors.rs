@@ -388,3 +388,82 @@ fn static_members_are_fenced_and_groups_in_use_are_not_deleted() {
     );
     assert_eq!(d.groups[1].group_state.to_string(), "Dead");
 }
+
+/// A consumer-protocol subscription (v0) to `topics`, as JoinGroup metadata.
+fn subscription(topics: &[&str]) -> Bytes {
+    use bytes::BufMut;
+    use kafka_protocol::protocol::Encodable;
+    let mut sub = kafka_protocol::messages::ConsumerProtocolSubscription::default();
+    sub.topics = topics.iter().map(|t| s(t)).collect();
+    let mut buf = bytes::BytesMut::new();
+    buf.put_i16(0);
+    sub.encode(&mut buf, 0).unwrap();
+    buf.freeze()
+}
+
+fn offset_delete(c: &mut Client, group_id: &str, topic: &str) -> (i16, i16) {
+    use kafka_protocol::messages::OffsetDeleteRequest;
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    let mut p = OffsetDeleteRequestPartition::default();
+    p.partition_index = 0;
+    let mut t = OffsetDeleteRequestTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = vec![p];
+    let mut r = OffsetDeleteRequest::default();
+    r.group_id = group(group_id);
+    r.topics = vec![t];
+    let resp = c.call(&r, 0);
+    let partition = resp
+        .topics
+        .first()
+        .map_or(-1, |t| t.partitions[0].error_code);
+    (resp.error_code, partition)
+}
+
+#[test]
+fn offset_delete_keeps_the_offsets_of_subscribed_topics_only() {
+    const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+    let dir = TempDir::new("group-offset-delete");
+    let b = TestBroker::start(&dir.0);
+    let mut c = Client::connect(&b);
+    create_topic(&mut c, "orders");
+    create_topic(&mut c, "old");
+    // A consumer subscribed to "orders", Stable in generation 1.
+    let mut req = join_request("g", "", None);
+    req.protocols[0].metadata = subscription(&["orders"]);
+    let first = join(&mut c, &req);
+    req.member_id = first.member_id.clone();
+    let joined = join(&mut c, &req);
+    assert_eq!(joined.error_code, 0);
+    let member = joined.member_id.to_string();
+    let mut sync = SyncGroupRequest::default();
+    sync.group_id = group("g");
+    sync.generation_id = joined.generation_id;
+    sync.member_id = s(&member);
+    assert_eq!(c.call(&sync, SYNC_V).error_code, 0);
+    for topic in ["orders", "old"] {
+        assert_eq!(
+            commit(&mut c, "g", &member, joined.generation_id, topic, ""),
+            0
+        );
+    }
+
+    assert_eq!(
+        offset_delete(&mut c, "g", "orders"),
+        (0, GROUP_SUBSCRIBED_TO_TOPIC)
+    );
+    assert_eq!(offset_delete(&mut c, "g", "old"), (0, 0));
+    assert_eq!(fetch_committed(&mut c, "g", "orders").0, 3);
+    assert_eq!(fetch_committed(&mut c, "g", "old").0, -1, "gone");
+    assert_eq!(offset_delete(&mut c, "nobody", "old").0, GROUP_ID_NOT_FOUND);
+
+    // Metadata that is not a subscription counts as subscribed to everything.
+    let (other, generation) = stable_member(&mut c, "opaque", None);
+    assert_eq!(commit(&mut c, "opaque", &other, generation, "old", ""), 0);
+    assert_eq!(
+        offset_delete(&mut c, "opaque", "old"),
+        (0, GROUP_SUBSCRIBED_TO_TOPIC)
+    );
+}

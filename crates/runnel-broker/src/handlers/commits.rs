@@ -231,12 +231,28 @@ impl Broker {
             resp.error_code = e.code();
             return resp;
         }
-        // Subscriptions are opaque here, so a group with members is treated as
-        // subscribed to every topic: no offset a live consumer might use is removed.
-        let busy = state != Some(GroupState::Empty);
+        // As in Kafka, offsets of topics the members subscribe to stay. Subscriptions are
+        // read from `consumer` members' metadata; a group of another protocol type, or
+        // one whose metadata does not decode, counts as subscribed to every topic.
+        let subscribed: Option<std::collections::BTreeSet<String>> =
+            if state == Some(GroupState::Empty) {
+                Some(std::collections::BTreeSet::new())
+            } else {
+                self.groups
+                    .read(|c| c.describe(&group))
+                    .filter(|d| d.protocol_type == "consumer")
+                    .and_then(|d| {
+                        d.members
+                            .iter()
+                            .map(|m| crate::groups::subscribed_topics(&m.metadata))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .map(|all| all.into_iter().flatten().collect())
+            };
         let mut deletes = Vec::new();
         for t in req.topics {
             let name = t.name.0.to_string();
+            let busy = subscribed.as_ref().is_none_or(|s| s.contains(&name));
             let mut out = OffsetDeleteResponseTopic::default();
             out.name = t.name;
             for p in t.partitions {
