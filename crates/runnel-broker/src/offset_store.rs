@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_log::batch::{KeyValue, build_batch};
-use runnel_log::{Log, LogError, Offset, Partition, PartitionId, TimestampMs};
+use runnel_log::{Log, LogError, Partition, PartitionId, TimestampMs};
 use tracing::{info, warn};
 
 /// The internal topic that holds committed offsets.
@@ -212,12 +212,19 @@ fn load(p: &Partition) -> Result<BTreeMap<OffsetKey, Committed>, LogError> {
         }
         let mut bytes = bytes::Bytes::from(read.bytes);
         while !bytes.is_empty() {
+            // The batch's end, from its header: compaction may have removed its last
+            // records, and reading from the last one kept would return it again.
+            let batch_end = runnel_log::batch::BatchHeader::parse(&bytes)
+                .map(|h| h.last_offset().plus(1))
+                .ok();
             let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
                 warn!("undecodable batch in {OFFSETS_TOPIC}; offsets after it are not loaded");
                 return Ok(offsets);
             };
+            if let Some(end) = batch_end {
+                next = next.max(end);
+            }
             for r in set.records {
-                next = Offset(r.offset as u64 + 1);
                 let Some(key) = r.key.as_deref().and_then(decode_key) else {
                     warn!(
                         offset = r.offset,

@@ -37,10 +37,14 @@ pub fn decompress(codec: u8, payload: &[u8]) -> Option<Bytes> {
 }
 
 /// Every record of the whole batches in `bytes` (as `Partition::read` returns them),
-/// from `from` on. A batch that cannot be read ends the list there.
+/// from `from` on, and the offset after the last batch read (`from` if none): where
+/// the next read starts. That is the batch's end, not the last record's offset + 1,
+/// because compaction may have removed a batch's last records. A batch that cannot be
+/// read ends the list there.
 #[must_use]
-pub fn records_of(bytes: &[u8], from: i64) -> Vec<StoredRecord> {
+pub fn records_of(bytes: &[u8], from: i64) -> (Vec<StoredRecord>, i64) {
     let mut out = Vec::new();
+    let mut next = from;
     let mut rest = bytes;
     while let Ok(h) = BatchHeader::parse(rest) {
         let end = (h.total_bytes() as usize).min(rest.len());
@@ -78,9 +82,10 @@ pub fn records_of(bytes: &[u8], from: i64) -> Vec<StoredRecord> {
             break;
         }
         out.extend(batch);
+        next = next.max(h.last_offset().0 as i64 + 1);
         rest = &rest[end..];
     }
-    out
+    (out, next)
 }
 
 #[cfg(test)]
@@ -94,14 +99,16 @@ mod tests {
         let mut b = build_batch(&[(Some(b"x"), Some(b"y"))], 2_000);
         b[..8].copy_from_slice(&2i64.to_be_bytes());
         a.append(&mut b);
-        let all = records_of(&a, 0);
+        let (all, next) = records_of(&a, 0);
+        assert_eq!(next, 3);
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].key.as_deref(), Some(&b"k"[..]));
         assert_eq!(all[1].value, None);
         assert_eq!((all[2].offset, all[2].timestamp), (2, 2_000));
-        assert_eq!(records_of(&a, 1).len(), 2);
-        assert!(
-            records_of(&a[..70], 0).is_empty(),
+        assert_eq!(records_of(&a, 1).0.len(), 2);
+        assert_eq!(
+            records_of(&a[..70], 0),
+            (Vec::new(), 0),
             "a cut batch gives nothing"
         );
     }

@@ -116,15 +116,31 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let broker = self.broker.clone();
         tasks.spawn(async move {
-            broker
-                .connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            serve_connection(broker.clone(), stream, peer).await;
-            broker
-                .connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // Counted down on drop, so a panicking or aborted task is counted out too.
+            let _open = OpenConnection::new(broker.clone());
+            serve_connection(broker, stream, peer).await;
             drop(permit);
         });
+    }
+}
+
+/// One open connection in `Broker::connections`, for as long as it lives.
+struct OpenConnection(Arc<Broker>);
+
+impl OpenConnection {
+    fn new(broker: Arc<Broker>) -> Self {
+        broker
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(broker)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -165,7 +181,11 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         open = match event {
             Event::Answered(outcome) => {
                 pending.pop_front();
-                answer(&mut write, outcome, peer).await
+                let ok = answer(&mut write, outcome, peer).await;
+                if !ok {
+                    pending.clear(); // nothing after a close is answered
+                }
+                ok
             }
             Event::Frame(Ok(Some(frame))) => {
                 let is_produce =

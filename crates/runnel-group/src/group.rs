@@ -289,8 +289,10 @@ impl Group {
         member.update_from(now, req, reply_to, out);
         self.statics.insert(instance, new_id.clone());
         self.members.insert(new_id.clone(), member);
+        // Only a Stable group keeps going: during CompletingRebalance the leader's
+        // assignment is still to come, keyed by the old member id (and a returning leader
+        // would be told it is a follower and assign nothing), so Kafka rebalances.
         let no_rebalance = match self.state {
-            GroupState::CompletingRebalance => true,
             GroupState::Stable => {
                 protocols_unchanged || self.protocol_name == Some(self.select_protocol())
             }

@@ -675,3 +675,30 @@ fn join_errors(out: &[Output]) -> Vec<Option<GroupError>> {
         })
         .collect()
 }
+
+#[test]
+fn kip_345_a_static_member_returning_while_the_leader_assigns_causes_a_rebalance() {
+    let mut s = Sim::new(0);
+    let ra = s.join_with(static_join("ia", ""));
+    let a = s.joined(ra).unwrap().member_id.clone();
+    s.sync(&a, 1, &[(&a, "x")]);
+    let rb = s.join_with(static_join("ib", ""));
+    let ja = s.join_with(static_join("ia", &a));
+    let b = s.joined(rb).unwrap().member_id.clone();
+    assert_eq!(s.joined(ja).unwrap().generation_id, 2);
+    // Generation 2 is completing: b waits for the leader's assignment...
+    let sb = s.sync(&b, 2, &[]);
+    // ...when b restarts under a new member id. Its parked sync is answered, and the
+    // group rebalances rather than hand out assignments keyed by the old id.
+    let rb2 = s.join_with(static_join("ib", ""));
+    assert!(s.synced(sb).is_some(), "the old incarnation's sync is answered");
+    assert_eq!(s.c.describe("g").unwrap().state, GroupState::PreparingRebalance);
+    let ja = s.join_with(static_join("ia", &a));
+    let (la, lb) = (s.joined(ja).unwrap().clone(), s.joined(rb2).unwrap().clone());
+    assert_eq!((la.generation_id, lb.generation_id), (3, 3));
+    let b2 = lb.member_id.clone();
+    s.sync(&b2, 3, &[]);
+    let sa = s.sync(&a, 3, &[(&a, "x"), (&b2, "y")]);
+    assert_eq!(s.synced(sa).unwrap().assignment, Bytes::from("x"));
+    assert_eq!(s.c.describe("g").unwrap().state, GroupState::Stable);
+}

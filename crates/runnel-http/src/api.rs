@@ -329,14 +329,10 @@ async fn delete_topic(
             "{OFFSETS_TOPIC} is internal: delete groups instead"
         )));
     }
-    let log = s.broker.log().clone();
-    let groups = s.broker.groups().clone();
-    blocking(move || {
-        log.delete_topic(&topic)?;
-        groups.offsets.delete_topic(&topic)
-    })
-    .await?
-    .map_err(|e| ApiError::from_log(&e))?;
+    s.broker
+        .delete_topic(&topic)
+        .await
+        .map_err(|e| ApiError::from_log(&e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -452,20 +448,25 @@ async fn read_records(
         .partition(&topic, PartitionId(partition))
         .map_err(|e| ApiError::from_log(&e))?;
     let start = range.offset.unwrap_or(part.log_start_offset().0);
-    let (records, high) = blocking(move || -> Result<_, LogError> {
+    let (records, next, high) = blocking(move || -> Result<_, LogError> {
         let mut out = Vec::new();
         let mut next = start;
         loop {
             let read = part.read(Offset(next), READ_BYTES)?;
-            let got = runnel_broker::records::records_of(&read.bytes, next as i64);
-            let Some(last) = got.last() else {
-                return Ok((out, read.high_watermark.0));
-            };
-            next = last.offset as u64 + 1;
+            let (got, end) = runnel_broker::records::records_of(&read.bytes, next as i64);
+            if end as u64 <= next {
+                return Ok((out, next, read.high_watermark.0));
+            }
+            next = end as u64;
             out.extend(got);
-            if out.len() >= limit || next >= read.high_watermark.0 {
+            if out.len() > limit {
+                // Cut inside a batch: the next read starts after the last record given.
                 out.truncate(limit);
-                return Ok((out, read.high_watermark.0));
+                let after = out.last().map_or(next, |r| r.offset as u64 + 1);
+                return Ok((out, after, read.high_watermark.0));
+            }
+            if out.len() == limit || next >= read.high_watermark.0 {
+                return Ok((out, next, read.high_watermark.0));
             }
         }
     })
@@ -476,7 +477,6 @@ async fn read_records(
             Value::String(String::from_utf8_lossy(b).into_owned())
         })
     };
-    let next = records.last().map_or(start, |r| r.offset as u64 + 1);
     let records: Vec<Value> = records
         .iter()
         .map(|r| {

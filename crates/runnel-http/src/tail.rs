@@ -137,8 +137,8 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
         if let Some(e) = t.ready.pop_front() {
             return Some((Ok(e), t));
         }
-        if *t.stopping.borrow() {
-            return None;
+        if *t.stopping.borrow() || t.sources.iter().any(|s| s.partition.is_deleted()) {
+            return None; // shutting down, or the topic was deleted
         }
         // Mark every watch as seen before reading, so an append in between still wakes.
         for s in &mut t.sources {
@@ -156,22 +156,27 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
                     .into_iter()
                     .map(|(p, next)| {
                         let id = p.id();
-                        let records = p
-                            .read(Offset(next), TAIL_READ_BYTES)
-                            .map(|r| runnel_broker::records::records_of(&r.bytes, next as i64))
-                            .unwrap_or_default();
-                        (id, records)
+                        let got = match p.read(Offset(next), TAIL_READ_BYTES) {
+                            Ok(r) => runnel_broker::records::records_of(&r.bytes, next as i64),
+                            // Retention passed the tail: go on from the log start.
+                            Err(runnel_log::LogError::OffsetOutOfRange { .. }) => {
+                                (Vec::new(), p.log_start_offset().0 as i64)
+                            }
+                            Err(_) => (Vec::new(), next as i64),
+                        };
+                        (id, got)
                     })
                     .collect::<Vec<_>>()
             })
             .await
             .unwrap_or_default();
-            for (id, records) in got {
+            for (id, (records, end)) in got {
                 let Some(source) = t.sources.iter_mut().find(|s| s.partition.id() == id) else {
                     continue;
                 };
+                // The batch's end: compaction may have removed its last records.
+                source.next = source.next.max(end as u64);
                 for r in records {
-                    source.next = r.offset as u64 + 1;
                     let text = |b: &Option<bytes::Bytes>| {
                         b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
                     };

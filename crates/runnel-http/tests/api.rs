@@ -618,3 +618,62 @@ async fn a_live_tail_streams_stored_and_new_records() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     drop(open);
 }
+
+#[tokio::test]
+async fn paging_through_a_compacted_topic_reaches_the_end() {
+    let f = fixture("compacted");
+    post(
+        &f,
+        "/api/v1/topics",
+        r#"{"name":"latest","partitions":1,"config":{"cleanup.policy":"compact","segment.bytes":"1024"}}"#,
+    )
+    .await;
+    // Each request is one batch of three keys; later batches supersede earlier ones, so
+    // compaction removes records at the ends of batches too.
+    for round in 0..30 {
+        let body = format!(
+            r#"{{"records":[{{"key":"a","value":"{round}"}},{{"key":"b","value":"{round}"}},{{"key":"c-{}","value":"{round}"}}]}}"#,
+            round % 2
+        );
+        assert_eq!(
+            post(&f, "/api/v1/topics/latest/records", &body).await.0,
+            StatusCode::OK
+        );
+    }
+    let log = f.broker.log().clone();
+    tokio::task::spawn_blocking(move || log.compact_now("latest").unwrap())
+        .await
+        .unwrap();
+    // Page two records at a time from the start: every page moves forward, and the pages
+    // end at the high watermark with each key's latest value.
+    let mut next = 0u64;
+    let mut latest = BTreeMap::new();
+    let mut seen = 0;
+    for _ in 0..200 {
+        let (status, page) = get(
+            &f,
+            &format!("/api/v1/topics/latest/partitions/0/records?offset={next}&limit=2"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for r in page["records"].as_array().unwrap() {
+            latest.insert(r["key"].as_str().unwrap().to_string(), r["value"].clone());
+            seen += 1;
+        }
+        let after = page["next_offset"].as_u64().unwrap();
+        if after >= page["high_watermark"].as_u64().unwrap() {
+            next = after;
+            break;
+        }
+        assert!(after > next, "a page must move forward: {page}");
+        next = after;
+    }
+    assert_eq!(next, 90, "paging reached the end");
+    assert!(
+        seen < 60,
+        "compaction removed superseded records: {seen} read"
+    );
+    assert_eq!(latest["a"], json!("29"));
+    assert_eq!(latest["c-1"], json!("29"));
+    assert_eq!(latest["c-0"], json!("28"));
+}

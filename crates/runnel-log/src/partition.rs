@@ -462,7 +462,10 @@ impl Partition {
     /// share one fsync (group commit).
     pub fn wait_durable(&self, ticket: AppendTicket) -> Result<AppendInfo> {
         if ticket.needs_sync {
-            self.sync_to(ticket.info.last_offset.plus(1))?;
+            // Never wait for offsets the log does not hold (a ticket for a deleted and
+            // recreated partition, say): no fsync could ever cover them.
+            let target = ticket.info.last_offset.plus(1).min(self.log_end_offset());
+            self.sync_to(target)?;
         }
         Ok(ticket.info)
     }

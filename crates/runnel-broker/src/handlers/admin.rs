@@ -220,21 +220,8 @@ impl Broker {
                 resp.responses.push(r);
                 continue;
             }
-            let log = self.log.clone();
-            let groups = self.groups.clone();
-            let n = name.clone();
-            let deleted = self
-                .blocking(move || {
-                    log.delete_topic(&n)?;
-                    // Offsets of a deleted topic go with it.
-                    groups.offsets.delete_topic(&n)
-                })
-                .await;
-            match deleted {
-                Ok(()) => {
-                    self.producers.forget_topic(&name);
-                    self.metrics.forget_topic(&name);
-                }
+            match self.delete_topic(&name).await {
+                Ok(()) => {}
                 Err(e) => {
                     r.error_code = errors::log_error(&e).code();
                     r.error_message = message(&e);
@@ -286,6 +273,22 @@ impl Broker {
             resp
         })
         .await
+    }
+
+    /// Deletes a topic with everything kept about it: its offsets in every group, its
+    /// producers' state, its metrics. Shared by DeleteTopics and the HTTP API.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), LogError> {
+        let log = self.log.clone();
+        let groups = self.groups.clone();
+        let n = name.to_string();
+        self.blocking(move || {
+            log.delete_topic(&n)?;
+            groups.offsets.delete_topic(&n)
+        })
+        .await?;
+        self.producers.forget_topic(name);
+        self.metrics.forget_topic(name);
+        Ok(())
     }
 
     /// AlterConfigs (33): replaces a topic's overrides with the given set, as Kafka's

@@ -106,7 +106,9 @@ impl Broker {
                 .into_iter()
                 .map(|p| Protocol {
                     name: p.name.to_string(),
-                    metadata: p.metadata,
+                    // Copied: the group keeps it for its lifetime, and a slice would
+                    // keep the whole request frame's buffer alive.
+                    metadata: bytes::Bytes::copy_from_slice(&p.metadata),
                 })
                 .collect(),
             // KIP-394: from v4 a new member first learns its id.
@@ -153,7 +155,12 @@ impl Broker {
             assignments: req
                 .assignments
                 .into_iter()
-                .map(|a| (a.member_id.to_string(), a.assignment))
+                .map(|a| {
+                    (
+                        a.member_id.to_string(),
+                        bytes::Bytes::copy_from_slice(&a.assignment),
+                    )
+                })
                 .collect(),
         };
         let mut shutdown = self.shutdown.clone();

@@ -115,7 +115,9 @@ impl ProducerRegistry {
                 producer_id: h.producer_id(),
                 producer_epoch: h.producer_epoch(),
                 base_sequence: h.base_sequence(),
-                record_count: h.record_count(),
+                // The sequence range spans every offset of the batch: compaction lowers
+                // `recordCount` but keeps `lastOffsetDelta`, as Kafka does.
+                record_count: h.last_offset_delta().saturating_add(1),
             };
             state.record(&seq, h.base_offset().0, h.last_offset().0, now);
             true
