@@ -11,7 +11,8 @@
 //! - the states Empty, PreparingRebalance, CompletingRebalance, Stable and Dead;
 //! - KIP-394 member ids (MEMBER_ID_REQUIRED on a first JoinGroup v4+);
 //! - KIP-345 static membership: a returning `group.instance.id` takes its place back
-//!   without a rebalance, and an old incarnation is fenced (FENCED_INSTANCE_ID);
+//!   without a rebalance when the group is Stable (during CompletingRebalance it
+//!   rebalances, as Kafka does), and an old incarnation is fenced (FENCED_INSTANCE_ID);
 //! - the initial rebalance delay of an empty group, extended while members arrive;
 //! - rebalance and session timeouts; parked joins complete early once every member has
 //!   rejoined;

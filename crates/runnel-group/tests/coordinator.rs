@@ -691,10 +691,19 @@ fn kip_345_a_static_member_returning_while_the_leader_assigns_causes_a_rebalance
     // ...when b restarts under a new member id. Its parked sync is answered, and the
     // group rebalances rather than hand out assignments keyed by the old id.
     let rb2 = s.join_with(static_join("ib", ""));
-    assert!(s.synced(sb).is_some(), "the old incarnation's sync is answered");
-    assert_eq!(s.c.describe("g").unwrap().state, GroupState::PreparingRebalance);
+    assert!(
+        s.synced(sb).is_some(),
+        "the old incarnation's sync is answered"
+    );
+    assert_eq!(
+        s.c.describe("g").unwrap().state,
+        GroupState::PreparingRebalance
+    );
     let ja = s.join_with(static_join("ia", &a));
-    let (la, lb) = (s.joined(ja).unwrap().clone(), s.joined(rb2).unwrap().clone());
+    let (la, lb) = (
+        s.joined(ja).unwrap().clone(),
+        s.joined(rb2).unwrap().clone(),
+    );
     assert_eq!((la.generation_id, lb.generation_id), (3, 3));
     let b2 = lb.member_id.clone();
     s.sync(&b2, 3, &[]);
