@@ -1,6 +1,8 @@
 //! The `runnel` binary: flags, configuration errors, the startup line, and a graceful
 //! shutdown on SIGTERM that leaves a clean log behind.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,12 +83,7 @@ fn serve_prints_where_it_listens_and_stops_cleanly_on_sigterm() {
     assert!(first.contains(&dir.display().to_string()), "{first}");
     // The HTTP API is up too, on the port it printed.
     let second = lines.next().unwrap().unwrap();
-    let http = second
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no HTTP address in {second:?}"))
-        .to_string();
+    let http = common::http_address(&second);
     let mut conn = std::net::TcpStream::connect(&http).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

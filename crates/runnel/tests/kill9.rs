@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Broker, TempDir, repo_root};
 
@@ -17,19 +17,14 @@ fn scenario(addr: &str, name: &str, topic: &str) {
         "{} is missing: run scripts/test to install the test clients",
         python.display()
     );
-    let mut child = Command::new(python)
+    let child = Command::new(python)
         .arg(repo_root().join("tests/clients/python/groups.py"))
         .args([addr, name, topic])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "{name} timed out");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::finish_within(child, Duration::from_secs(120), name);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
         "{name} failed\nstdout:\n{}\nstderr:\n{}",

@@ -10,7 +10,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Broker, TempDir, repo_root};
 
@@ -24,7 +24,7 @@ fn the_http_api_meets_its_openapi_description() {
     );
     let dir = TempDir::new("schemathesis");
     let b = Broker::start(&dir.0);
-    let mut child = Command::new(schemathesis)
+    let child = Command::new(schemathesis)
         .args(["run", &format!("http://{}/api/v1/openapi.json", b.http)])
         .args(["--generation-deterministic", "-n", "25", "-w", "1"])
         .args([
@@ -40,15 +40,7 @@ fn the_http_api_meets_its_openapi_description() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("schemathesis did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::finish_within(child, Duration::from_secs(120), "schemathesis");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

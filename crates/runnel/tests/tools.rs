@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Broker, TempDir};
 
@@ -39,12 +39,7 @@ impl Tools {
             .unwrap()
             .write_all(stdin.as_bytes())
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "runnel {args:?} timed out");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
+        common::finish_within(child, Duration::from_secs(60), &format!("runnel {args:?}"))
     }
 
     /// Runs and expects success; returns standard output.
@@ -349,7 +344,7 @@ fn consume_follow_waits_for_new_records() {
     let b = Tools::start("follow");
     b.ok(&["topic", "create", "stream", "--partitions", "1"], "");
     b.ok(&["produce", "stream"], "old\n");
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_runnel"))
+    let follower = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(["consume", "stream", "--from", "1", "--follow", "-n", "2"])
         .args(["--bootstrap", &b.broker.addr])
         .stdout(Stdio::piped())
@@ -358,20 +353,11 @@ fn consume_follow_waits_for_new_records() {
         .unwrap();
     // It starts after "old" (offset 0) and must wait for what comes next.
     b.ok(&["produce", "stream"], "new 1\nnew 2\n");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while follower.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = follower.kill();
-            let out = follower.wait_with_output().unwrap();
-            panic!(
-                "the follower did not stop at --count: {} / {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = follower.wait_with_output().unwrap();
+    let out = common::finish_within(
+        follower,
+        Duration::from_secs(30),
+        "the follower stopping at --count",
+    );
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "new 1\nnew 2\n");
 }

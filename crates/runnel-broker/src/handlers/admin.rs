@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 use runnel_log::config::{PARTITIONS_MAX, validate_topic_name};
 use runnel_log::{LogError, Offset, PartitionId, TopicConfig};
 
@@ -57,15 +58,7 @@ impl Broker {
             } else {
                 t.num_partitions
             };
-            let overrides: BTreeMap<String, String> = t
-                .configs
-                .iter()
-                .filter_map(|c| {
-                    c.value
-                        .as_ref()
-                        .map(|v| (c.name.to_string(), v.to_string()))
-                })
-                .collect();
+            let overrides = settings(t.configs.iter().map(|c| (&c.name, &c.value)));
             let checked = self.check_new_topic(
                 &name,
                 partitions,
@@ -312,15 +305,7 @@ impl Broker {
                     format!("{OFFSETS_TOPIC} is internal"),
                 ))
             } else if let Some(topic) = self.log.topic(&name) {
-                let set: BTreeMap<String, String> = res
-                    .configs
-                    .iter()
-                    .filter_map(|c| {
-                        c.value
-                            .as_ref()
-                            .map(|v| (c.name.to_string(), v.to_string()))
-                    })
-                    .collect();
+                let set = settings(res.configs.iter().map(|c| (&c.name, &c.value)));
                 let remove: Vec<String> = topic
                     .overrides()
                     .into_keys()
@@ -486,5 +471,14 @@ fn broker_entries(defaults: &TopicConfig) -> Vec<(&'static str, String, i8)> {
             };
             (name, v, SOURCE_STATIC_BROKER)
         })
+        .collect()
+}
+
+/// Settings named in a request, without those whose value is null.
+fn settings<'a>(
+    entries: impl Iterator<Item = (&'a StrBytes, &'a Option<StrBytes>)>,
+) -> BTreeMap<String, String> {
+    entries
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name.to_string(), v.to_string())))
         .collect()
 }

@@ -47,12 +47,7 @@ impl Broker {
         let (mut first, mut second) = (String::new(), String::new());
         out.read_line(&mut first).unwrap();
         out.read_line(&mut second).unwrap();
-        let http = second
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no HTTP address in {second:?}"))
-            .to_string();
+        let http = http_address(&second);
         let addr = first
             .split_whitespace()
             .skip_while(|w| *w != "on")
@@ -74,6 +69,38 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The HTTP API's address in the startup line that announces it.
+pub fn http_address(line: &str) -> String {
+    line.split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no HTTP address in {line:?}"))
+        .to_string()
+}
+
+/// Waits for `child` to exit, at most `limit`; on timeout kills it and fails the test
+/// with `what` and whatever it printed.
+pub fn finish_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what}: not done within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// `GET path` on the HTTP API; returns the status line and the body.
