@@ -25,7 +25,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, ProduceRequest, RequestHeader, ResponseHeader, ResponseKind,
 };
 use kafka_protocol::protocol::Decodable;
-use runnel_broker::frame::request_prefix;
+use runnel_broker::request_prefix;
 use runnel_broker::{Broker, BrokerConfig, Outcome};
 use runnel_log::{Durability, Log, LogConfig};
 use tokio::sync::watch;

@@ -20,9 +20,8 @@ use tracing::{debug, warn};
 use crate::apis::{self, SUPPORTED};
 use crate::config::{BrokerConfig, NODE_ID, parse_host_port};
 use crate::frame::{CodecError, RequestPrefix, response_frame};
-use crate::groups::Groups;
-use crate::handlers::producers::ProducerRegistry;
-use crate::offset_store::OffsetStore;
+use runnel_core::Core;
+use runnel_core::groups::Groups;
 
 /// What the connection loop does after a request.
 #[derive(Debug)]
@@ -104,11 +103,14 @@ pub struct Node {
 /// Everything a request handler can reach.
 #[derive(Debug)]
 pub struct Broker {
+    /// The protocol-neutral state: log, groups, producers, topic counters.
+    pub(crate) core: Arc<Core>,
+    /// The core's log, kept at hand for the handlers.
     pub(crate) log: Arc<Log>,
     pub(crate) config: BrokerConfig,
     pub(crate) node: Node,
     pub(crate) cluster_id: String,
-    pub(crate) producers: ProducerRegistry,
+    /// The core's group coordinator, kept at hand for the handlers.
     pub(crate) groups: Arc<Groups>,
     pub(crate) shutdown: watch::Receiver<bool>,
     requests: Arc<RequestCounts>,
@@ -141,16 +143,16 @@ impl Broker {
             },
         };
         let cluster_id = load_or_create_cluster_id(&config.data_dir)?;
-        let producers = ProducerRegistry::open(&config.data_dir)?;
-        let offsets = OffsetStore::open(log.clone()).map_err(std::io::Error::other)?;
         let seed = u64::from_be_bytes(random_bytes::<8>()?);
-        let groups = Arc::new(Groups::new(config.group_config(), seed, offsets));
+        let core =
+            Core::new(log.clone(), config.group_config(), seed).map_err(std::io::Error::other)?;
+        let groups = core.groups().clone();
         Ok(Broker {
+            core,
             log,
             config,
             node,
             cluster_id,
-            producers,
             groups,
             shutdown,
             requests: Arc::default(),
@@ -163,6 +165,13 @@ impl Broker {
     #[must_use]
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// The protocol-neutral core the broker adapts to Kafka's wire protocol: the HTTP
+    /// API works on the same one.
+    #[must_use]
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Requests served so far, per API.
@@ -195,7 +204,7 @@ impl Broker {
         !*self.shutdown.borrow()
     }
 
-    /// Latency per API, bytes and records per topic.
+    /// Latency per API (bytes and records per topic are the core's).
     #[must_use]
     pub fn metrics(&self) -> &crate::metrics::BrokerMetrics {
         &self.metrics
@@ -494,6 +503,13 @@ pub(crate) fn topic_id(cluster_id: &str, topic: &str) -> uuid::Uuid {
 /// Read the request's bytes as the codec's `Bytes`.
 pub(crate) fn as_bytes(v: Vec<u8>) -> Bytes {
     Bytes::from(v)
+}
+
+/// Wall-clock time in ms since the Unix epoch (commit times).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// This broker's node id as the codec's type.

@@ -1,8 +1,36 @@
 //! The one place where storage and domain errors become Kafka error codes.
 
 use kafka_protocol::ResponseError;
+use runnel_core::ProduceError;
+use runnel_core::topics::TopicRuleError;
 use runnel_group::GroupError;
 use runnel_log::{BatchError, LogError};
+
+/// The Kafka error for a refused produce (the core's produce rules).
+#[must_use]
+pub fn produce_error(e: &ProduceError) -> ResponseError {
+    match e {
+        ProduceError::InternalTopic { .. } => ResponseError::InvalidTopicException,
+        ProduceError::UnknownTopic { .. } | ProduceError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        ProduceError::InvalidRecord { .. } => ResponseError::InvalidRecord,
+        ProduceError::Corrupt => ResponseError::CorruptMessage,
+        ProduceError::UnsupportedCompression { .. } => ResponseError::UnsupportedCompressionType,
+        ProduceError::Sequence(s) => {
+            ResponseError::try_from_code(s.kafka_code()).unwrap_or(ResponseError::InvalidRecord)
+        }
+        ProduceError::Log(l) => log_error(l),
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+/// The Kafka error for a topic users may not create, write, alter or delete.
+#[must_use]
+pub fn topic_rule_error(_e: &TopicRuleError) -> ResponseError {
+    // Both an invalid name and an internal topic are Kafka's INVALID_TOPIC_EXCEPTION.
+    ResponseError::InvalidTopicException
+}
 
 /// The Kafka error for a storage error.
 #[must_use]
@@ -68,12 +96,6 @@ pub fn group_code(e: Option<GroupError>) -> i16 {
     e.map_or(0, |e| group_error(e).code())
 }
 
-/// `Some(code)` for an error, as the codec's response structs want an `i16`.
-#[must_use]
-pub fn code(e: ResponseError) -> i16 {
-    e.code()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +119,32 @@ mod tests {
             assert_eq!(group_error(e).code(), code, "{e:?}");
         }
         assert_eq!(group_code(None), 0);
+    }
+
+    #[test]
+    fn produce_refusals_map_to_the_codes_clients_expect() {
+        use runnel_core::producer_state::SequenceError;
+        let pairs = [
+            (ProduceError::InternalTopic { topic: "t".into() }, 17),
+            (ProduceError::UnknownTopic { topic: "t".into() }, 3),
+            (ProduceError::InvalidRecord { reason: "" }, 87),
+            (ProduceError::Corrupt, 2),
+            (ProduceError::UnsupportedCompression { codec: 5 }, 76),
+            (
+                ProduceError::Sequence(SequenceError::OutOfOrderSequence {
+                    expected: 1,
+                    got: 3,
+                }),
+                45,
+            ),
+            (
+                ProduceError::Sequence(SequenceError::UnknownProducerId { producer_id: 1 }),
+                59,
+            ),
+        ];
+        for (e, code) in pairs {
+            assert_eq!(produce_error(&e).code(), code, "{e:?}");
+        }
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub enum FrameError {
 const FRAME_READ_CHUNK_BYTES: usize = 1 << 20;
 
 /// Reads one frame body. `Ok(None)` means the peer closed the connection cleanly between
-/// frames.
+/// frames. The simple form of [`FrameReader`] (which the server uses, as it must be
+/// cancel-safe), kept for the tests of the size rules.
+#[cfg(test)]
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
@@ -144,7 +146,7 @@ pub struct RequestPrefix {
     pub correlation_id: i32,
 }
 
-/// Reads the prefix of a frame body (at least [`REQUEST_PREFIX_BYTES`] long).
+/// Reads the prefix of a frame body (at least 8 bytes: api key, version, correlation id).
 #[must_use]
 pub fn request_prefix(frame: &[u8]) -> Option<RequestPrefix> {
     let b = frame.get(..REQUEST_PREFIX_BYTES)?;

@@ -2,20 +2,28 @@
 //!
 //! Makes a [`runnel_log::Log`] reachable over the Apache Kafka wire protocol, so that
 //! librdkafka (kcat, confluent-kafka, `rdkafka`), kafka-python, aiokafka and kafkajs work
-//! against Runnel unchanged.
+//! against Runnel unchanged. It is an adapter: what is not about the wire (reading
+//! records, produce rules and idempotence, committed offsets, the group coordinator
+//! behind a clock, topic rules) is `runnel-core`'s, shared with the HTTP API and the
+//! embedded transport.
 //!
-//! - [`frame`]: `int32` size framing with a size limit, the raw request prefix.
-//! - [`apis`]: the one table of implemented APIs and versions; ApiVersions is built from
-//!   it, so only what is implemented is advertised.
-//! - [`broker`]: decode, dispatch, encode. Handlers live in `handlers/`, one module per
+//! Inside (private modules):
+//!
+//! - `frame`: `int32` size framing with a size limit, the raw request prefix.
+//! - `apis`: the one table of implemented APIs and versions ([`SUPPORTED`]);
+//!   ApiVersions is built from it, so only what is implemented is advertised.
+//! - `broker`: decode, dispatch, encode. Handlers live in `handlers/`, one module per
 //!   API family.
-//! - [`errors`]: the one place where storage errors become Kafka error codes.
-//! - [`server`]: TCP accept with a connection limit, strictly in-order request handling
+//! - `errors`: the one place where storage, produce and group errors become Kafka error
+//!   codes.
+//! - `server`: TCP accept with a connection limit, strictly in-order request handling
 //!   per connection, graceful shutdown.
-//! - [`producer_state`]: idempotent producer sequences, sans-IO.
-//! - [`groups`]: the consumer-group coordinator (`runnel-group`, sans-IO) wired to a
-//!   clock and to parked requests; [`offset_store`]: committed offsets, persisted in
-//!   the internal topic `__consumer_offsets`.
+//!
+//! ## Public surface
+//!
+//! [`Server`] (bind, run), [`Broker`] (the state handlers reach, and one request frame
+//! at a time for tests and the fuzzer), [`BrokerConfig`], [`BrokerMetrics`] (latency
+//! per API) and the API table. Everything else is private.
 //!
 //! ## Boundaries
 //!
@@ -26,22 +34,22 @@
 //! ## Limits
 //!
 //! Request frames are limited by `frame-bytes-max` (100 MiB by default), connections by
-//! `connections-max` (1024), fetch waits by [`handlers::fetch::FETCH_WAIT_MS_MAX`], and
-//! batches by each topic's `max.message.bytes`.
+//! `connections-max` (1024), fetch waits by [`FETCH_WAIT_MS_MAX`], and batches by each
+//! topic's `max.message.bytes`.
 
-pub mod apis;
-pub mod broker;
-pub mod config;
-pub mod errors;
-pub mod frame;
-pub mod groups;
-pub mod handlers;
-pub mod metrics;
-pub mod offset_store;
-pub mod producer_state;
-pub mod records;
-pub mod server;
+mod apis;
+mod broker;
+mod config;
+mod errors;
+mod frame;
+mod handlers;
+mod metrics;
+mod server;
 
-pub use broker::{Broker, Outcome, Reply};
+pub use apis::{SUPPORTED, Supported, accepts};
+pub use broker::{Broker, Node, Outcome, Reply, RequestCounts};
 pub use config::{BrokerConfig, BrokerConfigError};
+pub use frame::{RequestPrefix, request_prefix};
+pub use handlers::fetch::FETCH_WAIT_MS_MAX;
+pub use metrics::BrokerMetrics;
 pub use server::Server;

@@ -32,7 +32,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
-use runnel_broker::apis::SUPPORTED;
+use runnel_broker::SUPPORTED;
 use runnel_log::batch::{KeyValue, build_batch, seal_crc};
 
 // Error codes, as numbered in the brief's §10.

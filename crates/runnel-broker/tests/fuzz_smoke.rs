@@ -40,7 +40,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use runnel_broker::Outcome;
-use runnel_broker::apis::{SUPPORTED, accepts};
+use runnel_broker::{SUPPORTED, accepts};
 use runnel_log::PartitionId;
 use runnel_log::batch::{build_batch, seal_crc};
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -11,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use runnel_broker::Broker;
-use runnel_broker::offset_store::OFFSETS_TOPIC;
-use runnel_log::batch::KeyValue;
-use runnel_log::config::{PARTITIONS_MAX, validate_topic_name};
-use runnel_log::{LogError, Offset, PartitionId};
+use runnel_core::ProduceError;
+use runnel_core::topics::{check_user_topic, is_internal};
+use runnel_log::config::PARTITIONS_MAX;
+use runnel_log::{LogError, PartitionId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -53,15 +52,12 @@ pub(crate) struct AppState {
     pub(crate) broker: Arc<Broker>,
     /// Live tails open (bounded).
     pub(crate) tails: Arc<tokio::sync::Semaphore>,
-    /// Spreads keyless records over partitions.
-    round_robin: Arc<AtomicU32>,
 }
 
 pub(crate) fn routes(broker: Arc<Broker>) -> Router {
     let state = AppState {
         broker,
         tails: crate::tail::tails(),
-        round_robin: Arc::new(AtomicU32::new(0)),
     };
     Router::new()
         .route("/health/live", get(live))
@@ -145,6 +141,17 @@ impl ApiError {
                 "storage_error",
                 e.to_string(),
             ),
+        }
+    }
+
+    fn from_produce(e: &ProduceError) -> ApiError {
+        match e {
+            ProduceError::UnknownTopic { topic } => ApiError::no_topic(topic),
+            ProduceError::UnknownPartition { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_partition", e.to_string())
+            }
+            ProduceError::Log(l) => ApiError::from_log(l),
+            _ => ApiError::bad_request(e.to_string()),
         }
     }
 }
@@ -232,7 +239,7 @@ async fn list_topics(State(s): State<AppState>) -> Json<Value> {
             json!({
                 "name": t.name(),
                 "partitions": t.partition_count(),
-                "internal": t.name() == OFFSETS_TOPIC,
+                "internal": is_internal(t.name()),
             })
         })
         .collect();
@@ -254,13 +261,7 @@ async fn create_topic(
     body: Result<Json<NewTopic>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(t) = body?;
-    validate_topic_name(&t.name)
-        .map_err(|r| ApiError::bad_request(format!("invalid topic name {:?}: {r}", t.name)))?;
-    if t.name == OFFSETS_TOPIC {
-        return Err(ApiError::bad_request(format!(
-            "{OFFSETS_TOPIC} is internal"
-        )));
-    }
+    check_user_topic(&t.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let partitions = t.partitions.unwrap_or(s.broker.config().default_partitions);
     if partitions == 0 || partitions > PARTITIONS_MAX {
         return Err(ApiError::bad_request(format!(
@@ -307,7 +308,7 @@ fn describe(s: &AppState, name: &str) -> ApiResult<Json<Value>> {
         .collect();
     Ok(Json(json!({
         "name": name,
-        "internal": name == OFFSETS_TOPIC,
+        "internal": is_internal(name),
         "partitions": partitions,
         "config": config,
     })))
@@ -324,9 +325,9 @@ async fn delete_topic(
     State(s): State<AppState>,
     Path(topic): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if topic == OFFSETS_TOPIC {
+    if is_internal(&topic) {
         return Err(ApiError::bad_request(format!(
-            "{OFFSETS_TOPIC} is internal: delete groups instead"
+            "{topic} is internal: delete groups instead"
         )));
     }
     s.broker
@@ -339,86 +340,50 @@ async fn delete_topic(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProduceBody {
-    records: Vec<NewRecord>,
+    records: Vec<RecordBody>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewRecord {
+struct RecordBody {
     key: Option<String>,
     value: Option<String>,
     partition: Option<u32>,
 }
 
+/// Appends through the core, which applies the produce rules and picks each record's
+/// partition (as given, by the key's murmur2 as Kafka clients do, or round robin).
 async fn produce(
     State(s): State<AppState>,
     Path(topic): Path<String>,
     body: Result<Json<ProduceBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
-    if topic == OFFSETS_TOPIC {
-        return Err(ApiError::bad_request(format!(
-            "{OFFSETS_TOPIC} is internal"
-        )));
-    }
     if body.records.is_empty() || body.records.len() > PRODUCE_RECORDS_MAX {
         return Err(ApiError::bad_request(format!(
             "records: between 1 and {PRODUCE_RECORDS_MAX} records per request"
         )));
     }
-    let t = s
-        .broker
-        .log()
-        .topic(&topic)
-        .ok_or_else(|| ApiError::no_topic(&topic))?;
-    let n = t.partition_count();
-    // Partition per record: as given, by the key's hash (Kafka's default partitioner,
-    // so a key lands where Kafka clients put it), or round robin.
-    let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, r) in body.records.iter().enumerate() {
-        let p = match (r.partition, &r.key) {
-            (Some(p), _) if p < n => p,
-            (Some(p), _) => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_partition",
-                    format!("topic {topic:?} has no partition {p} (it has {n})"),
-                ));
-            }
-            (None, Some(k)) => (murmur2(k.as_bytes()) & 0x7fff_ffff) % n,
-            (None, None) => s.round_robin.fetch_add(1, Ordering::Relaxed) % n,
-        };
-        by_partition.entry(p).or_default().push(i);
-    }
-    let records = Arc::new(body.records);
-    let mut offsets = vec![Value::Null; records.len()];
-    for (p, indexes) in by_partition {
-        let part = s
-            .broker
-            .log()
-            .partition(&topic, PartitionId(p))
-            .map_err(|e| ApiError::from_log(&e))?;
-        let recs = records.clone();
-        let idx = indexes.clone();
-        let info = blocking(move || {
-            let kvs: Vec<KeyValue<'_>> = idx
-                .iter()
-                .map(|i| {
-                    let r = &recs[*i];
-                    (
-                        r.key.as_deref().map(str::as_bytes),
-                        r.value.as_deref().map(str::as_bytes),
-                    )
-                })
-                .collect();
-            part.append(&runnel_log::batch::build_batch(&kvs, now_ms()))
+    let records: Vec<_> = body
+        .records
+        .into_iter()
+        .map(|r| {
+            let record = runnel_core::encode::NewRecord {
+                key: r.key.map(String::into_bytes),
+                value: r.value.map(String::into_bytes),
+                ..Default::default()
+            };
+            (r.partition, record)
         })
+        .collect();
+    let core = s.broker.core().clone();
+    let placed = blocking(move || core.produce(&topic, records))
         .await?
-        .map_err(|e| ApiError::from_log(&e))?;
-        for (k, i) in indexes.iter().enumerate() {
-            offsets[*i] = json!({"partition": p, "offset": info.base_offset.0 + k as u64});
-        }
-    }
+        .map_err(|e| ApiError::from_produce(&e))?;
+    let offsets: Vec<Value> = placed
+        .into_iter()
+        .map(|(p, offset)| json!({"partition": p, "offset": offset}))
+        .collect();
     Ok(Json(json!({ "offsets": offsets })))
 }
 
@@ -448,25 +413,33 @@ async fn read_records(
         .partition(&topic, PartitionId(partition))
         .map_err(|e| ApiError::from_log(&e))?;
     let start = range.offset.unwrap_or(part.log_start_offset().0);
+    // Offsets are i64 on every wire; a larger one is out of range, not clamped.
+    let start = i64::try_from(start).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "offset_out_of_range",
+            format!("offset {start} is beyond any offset"),
+        )
+    })?;
     let (records, next, high) = blocking(move || -> Result<_, LogError> {
         let mut out = Vec::new();
         let mut next = start;
         loop {
-            let read = part.read(Offset(next), READ_BYTES)?;
-            let (got, end) = runnel_broker::records::records_of(&read.bytes, next as i64);
-            if end as u64 <= next {
-                return Ok((out, next, read.high_watermark.0));
+            let high = part.high_watermark().0 as i64;
+            let (got, end) = runnel_core::records::read(&part, next, READ_BYTES)?;
+            if end <= next {
+                return Ok((out, next, high));
             }
-            next = end as u64;
+            next = end;
             out.extend(got);
             if out.len() > limit {
                 // Cut inside a batch: the next read starts after the last record given.
                 out.truncate(limit);
-                let after = out.last().map_or(next, |r| r.offset as u64 + 1);
-                return Ok((out, after, read.high_watermark.0));
+                let after = out.last().map_or(next, |r| r.offset + 1);
+                return Ok((out, after, high));
             }
-            if out.len() == limit || next >= read.high_watermark.0 {
-                return Ok((out, next, read.high_watermark.0));
+            if out.len() == limit || next >= high {
+                return Ok((out, next, high));
             }
         }
     })
@@ -529,10 +502,11 @@ async fn describe_group(
         .members
         .iter()
         .map(|m| {
-            let assigned: Vec<Value> = runnel_broker::groups::assigned_partitions(&m.assignment)
-                .into_iter()
-                .map(|(t, p)| json!({"topic": t, "partition": p}))
-                .collect();
+            let assigned: Vec<Value> =
+                runnel_core::consumer_protocol::assigned_partitions(&m.assignment)
+                    .into_iter()
+                    .map(|(t, p)| json!({"topic": t, "partition": p}))
+                    .collect();
             json!({
                 "member_id": m.member_id,
                 "group_instance_id": m.group_instance_id,
@@ -572,65 +546,4 @@ async fn describe_group(
         "members": members,
         "offsets": offsets,
     })))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Kafka's murmur2 (the Java client's `Utils.murmur2`), so that keyed records produced
-/// here land in the partition Kafka clients choose for the same key.
-fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::murmur2;
-
-    #[test]
-    fn murmur2_matches_kafkas_reference_values() {
-        // From Kafka's UtilsTest.testMurmur2 (as signed ints in Java).
-        assert_eq!(murmur2(b"21") as i32, -973_932_308);
-        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
-        assert_eq!(
-            murmur2(b"a-little-bit-longer-string") as i32,
-            -1_486_304_829
-        );
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-            -58_897_971
-        );
-        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
-    }
 }

@@ -25,9 +25,11 @@
 //!
 //! ## Boundary
 //!
-//! It uses the broker's and the log's public APIs only; it never speaks the Kafka
-//! protocol. Keys and values travel as UTF-8 strings (null for none); records whose
-//! bytes are not UTF-8 are shown with replacement characters.
+//! It uses the broker's façade, the core's API (`runnel_core`: produce, the record
+//! reader, topic rules, groups and offsets) and the log's; it never speaks the Kafka
+//! protocol and repeats none of the core's rules. Keys and values travel as UTF-8
+//! strings (null for none); records whose bytes are not UTF-8 are shown with
+//! replacement characters.
 
 mod api;
 mod metrics;

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use runnel_broker::apis::SUPPORTED;
+use runnel_broker::SUPPORTED;
 use runnel_log::PartitionId;
 
 use crate::api::AppState;
@@ -102,28 +102,28 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     );
     f.histogram(name, &[], &b.log().stats().fsync);
 
-    let topics = b.metrics().topics();
+    let topics = b.core().topic_metrics().topics();
     for (name, help, get) in [
         (
             "runnel_topic_bytes_in_total",
-            "Batch bytes appended over Kafka, per topic.",
-            (|c: &runnel_broker::metrics::TopicCounters| &c.bytes_in)
-                as fn(&runnel_broker::metrics::TopicCounters) -> &std::sync::atomic::AtomicU64,
+            "Batch bytes appended (Kafka and HTTP), per topic.",
+            (|c: &runnel_core::counters::TopicCounters| &c.bytes_in)
+                as fn(&runnel_core::counters::TopicCounters) -> &std::sync::atomic::AtomicU64,
         ),
         (
             "runnel_topic_records_in_total",
-            "Records appended over Kafka, per topic.",
-            |c: &runnel_broker::metrics::TopicCounters| &c.records_in,
+            "Records appended (Kafka and HTTP), per topic.",
+            |c: &runnel_core::counters::TopicCounters| &c.records_in,
         ),
         (
             "runnel_topic_bytes_out_total",
             "Batch bytes sent to Kafka consumers, per topic.",
-            |c: &runnel_broker::metrics::TopicCounters| &c.bytes_out,
+            |c: &runnel_core::counters::TopicCounters| &c.bytes_out,
         ),
         (
             "runnel_topic_records_out_total",
             "Records sent to Kafka consumers, per topic.",
-            |c: &runnel_broker::metrics::TopicCounters| &c.records_out,
+            |c: &runnel_core::counters::TopicCounters| &c.records_out,
         ),
     ] {
         let mut f = Family::start(&mut out, name, "counter", help);

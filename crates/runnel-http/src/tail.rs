@@ -156,8 +156,9 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
                     .into_iter()
                     .map(|(p, next)| {
                         let id = p.id();
-                        let got = match p.read(Offset(next), TAIL_READ_BYTES) {
-                            Ok(r) => runnel_broker::records::records_of(&r.bytes, next as i64),
+                        let got = match runnel_core::records::read(&p, next as i64, TAIL_READ_BYTES)
+                        {
+                            Ok(got) => got,
                             // Retention passed the tail: go on from the log start.
                             Err(runnel_log::LogError::OffsetOutOfRange { .. }) => {
                                 (Vec::new(), p.log_start_offset().0 as i64)

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode};
-use runnel_broker::offset_store::Committed;
 use runnel_broker::{Broker, BrokerConfig};
+use runnel_core::offsets::Committed;
 use runnel_log::{Log, LogConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -34,9 +34,51 @@ pub struct RecordView<'a> {
     pub value: Option<&'a [u8]>,
     /// How many headers the record has.
     pub header_count: u32,
+    /// The headers section after its count, already walked with bounds checks: read it
+    /// with [`RecordView::headers`].
+    pub header_bytes: &'a [u8],
     /// The whole record, its length prefix included: what the cleaner copies when it
     /// keeps the record.
     pub bytes: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    /// The record's headers in order: `(key, value)`, the value `None` for null. The walk
+    /// that produced this view checked every length, so this never reads out of bounds
+    /// and allocates nothing.
+    #[must_use]
+    pub fn headers(&self) -> Headers<'a> {
+        Headers {
+            rest: Cursor(self.header_bytes),
+            remaining: self.header_count,
+        }
+    }
+}
+
+/// The headers of one record, from [`RecordView::headers`].
+#[derive(Debug)]
+pub struct Headers<'a> {
+    rest: Cursor<'a>,
+    remaining: u32,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // Checked by the walk; a failure here would mean the view was built by hand.
+        let key = self.rest.nullable_bytes().ok()??;
+        let value = self.rest.nullable_bytes().ok()?;
+        Some((key, value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining as usize))
+    }
 }
 
 /// Which offset deltas a walk accepts.
@@ -111,6 +153,7 @@ pub fn walk_records_with<'a>(
         if header_count < 0 || header_count as usize > rec.0.len() / 2 {
             return Err(bad("header count does not fit the record"));
         }
+        let header_bytes = rec.0;
         for _ in 0..header_count {
             rec.nullable_bytes()?
                 .ok_or_else(|| bad("null header key"))?;
@@ -125,6 +168,7 @@ pub fn walk_records_with<'a>(
             key,
             value,
             header_count: header_count as u32,
+            header_bytes,
             bytes,
         });
     }
@@ -138,6 +182,7 @@ fn bad(reason: &'static str) -> BatchError {
     BatchError::BadRecords { reason }
 }
 
+#[derive(Debug)]
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
@@ -268,6 +313,22 @@ mod tests {
         let one = payload(&[(Some(b"a"), Some(b"1"))]);
         let twice = [one.clone(), one].concat();
         assert!(walk_records(&twice, 2, |_| {}).is_err(), "a repeated delta");
+    }
+
+    #[test]
+    fn headers_are_read_back_in_order() {
+        // attributes, timestamp delta 0, offset delta 0, key null, value "v", 2 headers:
+        // ("a", "1") and ("b", null).
+        let rec = [0u8, 0, 0, 1, 2, b'v', 4, 2, b'a', 2, b'1', 2, b'b', 1];
+        let mut p = vec![(rec.len() as u8) << 1];
+        p.extend_from_slice(&rec);
+        let mut seen = Vec::new();
+        walk_records(&p, 1, |r| {
+            assert_eq!(r.header_count, 2);
+            seen.extend(r.headers());
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(&b"a"[..], Some(&b"1"[..])), (&b"b"[..], None)]);
     }
 
     #[test]

@@ -307,7 +307,7 @@ fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let mut log_config = LogConfig::new(&config.data_dir);
     log_config.topic_defaults.durability = config.durability;
     // Compaction and the key check of compacted topics look inside compressed batches.
-    log_config.batch_codec = Some(Arc::new(runnel_broker::records::KafkaCodecs));
+    log_config.batch_codec = Some(Arc::new(runnel_core::records::KafkaCodecs));
     let log = Arc::new(Log::open(log_config).with_context(|| {
         format!(
             "cannot open the data directory {}",

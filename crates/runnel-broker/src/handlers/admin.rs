@@ -22,12 +22,12 @@ use kafka_protocol::messages::{
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use runnel_log::config::{PARTITIONS_MAX, validate_topic_name};
+use runnel_core::topics::{check_user_topic, is_internal};
+use runnel_log::config::PARTITIONS_MAX;
 use runnel_log::{LogError, Offset, PartitionId, TopicConfig};
 
 use crate::broker::{Broker, str_bytes, topic_id, topic_name};
 use crate::errors;
-use crate::offset_store::OFFSETS_TOPIC;
 
 /// DescribeConfigs resource types (Kafka's `ConfigResource.Type`).
 const RESOURCE_TOPIC: i8 = 2;
@@ -107,18 +107,7 @@ impl Broker {
         manual_assignment: bool,
         overrides: &BTreeMap<String, String>,
     ) -> Result<(), (ResponseError, String)> {
-        validate_topic_name(name).map_err(|r| {
-            (
-                ResponseError::InvalidTopicException,
-                format!("invalid topic name {name:?}: {r}"),
-            )
-        })?;
-        if name == OFFSETS_TOPIC {
-            return Err((
-                ResponseError::InvalidTopicException,
-                format!("{OFFSETS_TOPIC} is internal: the broker keeps committed offsets there"),
-            ));
-        }
+        check_user_topic(name).map_err(|e| (errors::topic_rule_error(&e), e.to_string()))?;
         if self.log.topic(name).is_some() {
             return Err((
                 ResponseError::TopicAlreadyExists,
@@ -205,10 +194,10 @@ impl Broker {
             };
             r.name = Some(topic_name(&name));
             r.topic_id = topic_id(&self.cluster_id, &name);
-            if name == OFFSETS_TOPIC {
+            if is_internal(&name) {
                 r.error_code = ResponseError::InvalidTopicException.code();
                 r.error_message = Some(str_bytes(&format!(
-                    "{OFFSETS_TOPIC} is internal: delete groups instead"
+                    "{name} is internal: delete groups instead"
                 )));
                 resp.responses.push(r);
                 continue;
@@ -271,17 +260,9 @@ impl Broker {
     /// Deletes a topic with everything kept about it: its offsets in every group, its
     /// producers' state, its metrics. Shared by DeleteTopics and the HTTP API.
     pub async fn delete_topic(&self, name: &str) -> Result<(), LogError> {
-        let log = self.log.clone();
-        let groups = self.groups.clone();
+        let core = self.core.clone();
         let n = name.to_string();
-        self.blocking(move || {
-            log.delete_topic(&n)?;
-            groups.offsets.delete_topic(&n)
-        })
-        .await?;
-        self.producers.forget_topic(name);
-        self.metrics.forget_topic(name);
-        Ok(())
+        self.blocking(move || core.delete_topic(&n)).await
     }
 
     /// AlterConfigs (33): replaces a topic's overrides with the given set, as Kafka's
@@ -299,10 +280,10 @@ impl Broker {
                     ResponseError::InvalidRequest,
                     "only topic settings can be changed".to_string(),
                 ))
-            } else if name == OFFSETS_TOPIC {
+            } else if is_internal(&name) {
                 Some((
                     ResponseError::InvalidTopicException,
-                    format!("{OFFSETS_TOPIC} is internal"),
+                    format!("{name} is internal"),
                 ))
             } else if let Some(topic) = self.log.topic(&name) {
                 let set = settings(res.configs.iter().map(|c| (&c.name, &c.value)));

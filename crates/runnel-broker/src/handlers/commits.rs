@@ -1,5 +1,5 @@
 //! Committed offsets: OffsetCommit (8), OffsetFetch (9) and OffsetDelete (47). The group
-//! coordinator decides whether a commit may proceed; [`crate::offset_store`] keeps it.
+//! coordinator decides whether a commit may proceed; `runnel_core::offsets` keeps it.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_commit_response::{
@@ -21,7 +21,7 @@ use runnel_log::PartitionId;
 
 use crate::broker::{Broker, str_bytes, topic_name};
 use crate::errors::{group_error, log_error};
-use crate::offset_store::{COMMIT_METADATA_BYTES_MAX, Committed};
+use runnel_core::offsets::{COMMIT_METADATA_BYTES_MAX, Committed};
 
 /// Each partition's refusal, if any.
 type PartitionAnswers = Vec<(i32, Option<ResponseError>)>;
@@ -42,7 +42,7 @@ impl Broker {
             generation_id: req.generation_id_or_member_epoch,
         };
         let allowed = self.groups.with(|c, now, _| c.commit_allowed(now, &member));
-        let now_ms = crate::handlers::producers::now_ms();
+        let now_ms = crate::broker::now_ms();
         // Each partition's answer, and the commits to write.
         let mut answers: Vec<(String, PartitionAnswers)> = Vec::new();
         let mut writes = Vec::new();
@@ -244,7 +244,7 @@ impl Broker {
                     .and_then(|d| {
                         d.members
                             .iter()
-                            .map(|m| crate::groups::subscribed_topics(&m.metadata))
+                            .map(|m| runnel_core::consumer_protocol::subscribed_topics(&m.metadata))
                             .collect::<Option<Vec<_>>>()
                     })
                     .map(|all| all.into_iter().flatten().collect())

@@ -85,14 +85,14 @@ impl Broker {
                     continue;
                 }
                 for t in &topics {
-                    let counters = self.metrics.topic(&t.topic.0);
+                    let counters = self.core.topic_counters(&t.topic.0);
                     for p in &t.partitions {
                         let bytes = p.records.as_ref().map_or(&[][..], |b| &b[..]);
                         counters
                             .bytes_out
                             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         counters.records_out.fetch_add(
-                            crate::metrics::records_in_batches(bytes),
+                            runnel_core::counters::records_in_batches(bytes),
                             std::sync::atomic::Ordering::Relaxed,
                         );
                     }

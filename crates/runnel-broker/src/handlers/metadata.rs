@@ -8,13 +8,12 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
-use runnel_log::config::validate_topic_name;
+use runnel_core::topics::{check_user_topic, is_internal};
 use runnel_log::{LogError, Topic};
 use tracing::info;
 
 use crate::broker::{Broker, node_id, str_bytes, topic_id, topic_name};
 use crate::errors;
-use crate::offset_store::OFFSETS_TOPIC;
 
 impl Broker {
     pub(crate) async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
@@ -62,14 +61,20 @@ impl Broker {
     }
 
     async fn named_topic_metadata(&self, name: &str, allow_create: bool) -> MetadataResponseTopic {
-        if validate_topic_name(name).is_err() {
-            return error_topic(name, ResponseError::InvalidTopicException);
-        }
         if let Some(t) = self.log.topic(name) {
             return self.topic_metadata(&t);
         }
-        if !allow_create || name == OFFSETS_TOPIC {
-            return error_topic(name, ResponseError::UnknownTopicOrPartition);
+        match check_user_topic(name) {
+            // Kafka answers an invalid name so, whether or not it may create topics.
+            Err(e @ runnel_core::topics::TopicRuleError::InvalidName { .. }) => {
+                return error_topic(name, errors::topic_rule_error(&e));
+            }
+            // An internal topic is never auto-created: it appears on first use.
+            Err(_) => return error_topic(name, ResponseError::UnknownTopicOrPartition),
+            Ok(()) if !allow_create => {
+                return error_topic(name, ResponseError::UnknownTopicOrPartition);
+            }
+            Ok(()) => {}
         }
         match self.auto_create(name).await {
             Ok(t) => self.topic_metadata(&t),
@@ -103,7 +108,7 @@ impl Broker {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(topic_name(t.name()));
         topic.topic_id = topic_id(&self.cluster_id, t.name());
-        topic.is_internal = t.name() == OFFSETS_TOPIC;
+        topic.is_internal = is_internal(t.name());
         topic.partitions = (0..t.partition_count())
             .map(|p| {
                 let mut part = MetadataResponsePartition::default();

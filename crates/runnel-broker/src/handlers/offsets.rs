@@ -11,8 +11,6 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse,
 };
-use runnel_log::batch::{BatchHeader, HEADER_BYTES};
-use runnel_log::records::walk_records;
 use runnel_log::{BatchSummary, Log, LogError, Partition, PartitionId};
 
 use crate::broker::{Broker, topic_name};
@@ -144,9 +142,10 @@ fn list_partition(
 }
 
 /// Finds the record inside `batch`: the first with timestamp `>= ts`, or (for `None`)
-/// the first with the batch's max timestamp. Compressed batches are decompressed, and the
-/// records walked with bounds checks (`runnel_log::records`), so a batch that lies about
-/// its counts costs nothing but its own bytes. Returns `(timestamp, offset)`.
+/// the first with the batch's max timestamp. The records come from the core's reader
+/// (`runnel_core::records::read`: decompressed, walked with bounds checks), so a batch
+/// that lies about its counts costs nothing but its own bytes. Returns
+/// `(timestamp, offset)`.
 fn record_at(
     part: &Partition,
     batch: Option<BatchSummary>,
@@ -159,48 +158,17 @@ fn record_at(
     // The answer at batch granularity: a correct lower bound when the records cannot be
     // read (a codec this build lacks, a malformed payload).
     let fallback = Some((batch.max_timestamp, batch.base_offset.0 as i64));
-    let read = part.read(batch.base_offset, 1)?;
-    let Ok(h) = BatchHeader::parse(&read.bytes) else {
-        return Ok(fallback);
-    };
-    let end = (h.total_bytes() as usize).min(read.bytes.len());
-    let payload = &read.bytes[HEADER_BYTES.min(end)..end];
-    let decompressed;
-    let records: &[u8] = match h.compression() {
-        0 => payload,
-        codec => match crate::records::decompress(codec, payload) {
-            Some(d) => {
-                decompressed = d;
-                &decompressed
-            }
-            None => return Ok(fallback),
-        },
-    };
+    let base = batch.base_offset.0 as i64;
+    // One batch: the read returns at least the one holding `base`.
+    let (records, _) = runnel_core::records::read(part, base, 1)?;
     let log_start = part.log_start_offset().0 as i64;
-    let base_offset = h.base_offset().0 as i64;
-    let mut hit = None;
-    let walked = walk_records(records, h.record_count().max(0) as u32, |r| {
-        if hit.is_some() {
-            return;
-        }
-        let rts = if h.is_log_append_time() {
-            batch.max_timestamp
-        } else {
-            h.base_timestamp().saturating_add(r.timestamp_delta)
-        };
-        let matches = if ts.is_some() {
-            rts >= target
-        } else {
-            rts == target
-        };
-        let offset = base_offset + i64::from(r.offset_delta);
-        if matches && offset >= log_start {
-            hit = Some((rts, offset));
-        }
-    });
-    Ok(if walked.is_ok() {
-        hit.or(fallback)
-    } else {
-        fallback
-    })
+    let hit = records
+        .iter()
+        .filter(|r| r.offset <= batch.last_offset.0 as i64 && r.offset >= log_start)
+        .find(|r| match ts {
+            Some(_) => r.timestamp >= target,
+            None => r.timestamp == target,
+        })
+        .map(|r| (r.timestamp, r.offset));
+    Ok(hit.or(fallback))
 }

@@ -1,4 +1,7 @@
-//! Produce (0): validate each partition's batch, check idempotent sequences, append.
+//! Produce (0): the wire side of an append. The produce rules themselves (internal
+//! topics, Kafka's header rules, idempotent sequences) are the core's
+//! (`runnel_core::Core::append`); this module handles acks, transactions, parallelism
+//! and the answer.
 //!
 //! A Produce runs in two steps. `Broker::produce` validates and appends: when it
 //! returns, every batch has its offsets and the log order is fixed. The returned
@@ -11,26 +14,14 @@
 //! no response, and sending one would break correlation.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use runnel_log::batch::BatchHeader;
-use runnel_log::{AppendInfo, AppendTicket, Offset, Partition, PartitionId};
+use runnel_log::{AppendInfo, AppendTicket, Partition};
 
 use crate::broker::{Broker, topic_name};
 use crate::errors;
-use crate::handlers::producers::{SharedProducers, now_ms};
-use crate::offset_store::OFFSETS_TOPIC;
-use crate::producer_state::{BatchSequence, SequenceCheck};
-
-/// Codec ids Kafka defines (none, gzip, snappy, lz4, zstd); 5-7 are invalid.
-const CODEC_MAX: u8 = 4;
-const CODEC_ZSTD: u8 = 4;
-/// zstd needs Produce v7 (KIP-110): older clients could not read it back.
-const ZSTD_PRODUCE_VERSION_MIN: i16 = 7;
 
 /// A Produce whose batches are written and ordered, waiting to be durable.
 #[derive(Debug)]
@@ -122,11 +113,9 @@ impl Broker {
             let mut handles = Vec::new();
             for pd in topic.partition_data {
                 let index = pd.index;
+                // The wire's rules first; the produce rules are the core's.
                 let early = if !valid_acks {
                     Some(ResponseError::InvalidRequiredAcks)
-                } else if name == OFFSETS_TOPIC {
-                    // Only the broker writes committed offsets.
-                    Some(ResponseError::InvalidTopicException)
                 } else if transactional {
                     Some(ResponseError::TransactionalIdAuthorizationFailed)
                 } else {
@@ -136,35 +125,26 @@ impl Broker {
                     handles.push((index, Err(error_response(index, e))));
                     continue;
                 }
-                let partition = self
-                    .log
-                    .partition(&name, PartitionId(index.max(0) as u32))
-                    .ok()
-                    .filter(|_| index >= 0);
-                let Some(partition) = partition else {
-                    handles.push((
-                        index,
-                        Err(error_response(
-                            index,
-                            ResponseError::UnknownTopicOrPartition,
-                        )),
-                    ));
-                    continue;
+                let partition = u32::try_from(index)
+                    .map_err(|_| ResponseError::UnknownTopicOrPartition)
+                    .and_then(|p| {
+                        self.core
+                            .partition_for_append(&name, p)
+                            .map_err(|e| errors::produce_error(&e))
+                    });
+                let partition = match partition {
+                    Ok(p) => p,
+                    Err(e) => {
+                        handles.push((index, Err(error_response(index, e))));
+                        continue;
+                    }
                 };
                 let records = pd.records.unwrap_or_default();
-                let state = self.producers_for(&partition, &records);
-                let counters = self.metrics.topic(&name);
+                let core = self.core.clone();
                 let append = tokio::task::spawn_blocking(move || {
-                    let written = produce_partition(&partition, &records, version, state);
-                    if written.is_ok() {
-                        counters
-                            .bytes_in
-                            .fetch_add(records.len() as u64, Ordering::Relaxed);
-                        counters.records_in.fetch_add(
-                            crate::metrics::records_in_batches(&records),
-                            Ordering::Relaxed,
-                        );
-                    }
+                    let written = core
+                        .append(&partition, &records, version)
+                        .map_err(|e| errors::produce_error(&e));
                     (partition, written)
                 });
                 handles.push((index, Ok(append)));
@@ -199,16 +179,6 @@ impl Broker {
             waits,
         }
     }
-
-    /// The producer state lock for an idempotent batch, `None` otherwise.
-    fn producers_for(
-        &self,
-        partition: &Arc<Partition>,
-        records: &Bytes,
-    ) -> Option<SharedProducers> {
-        let h = BatchHeader::parse(records).ok()?;
-        (h.producer_id() >= 0).then(|| self.producers.for_partition(partition))
-    }
 }
 
 fn error_response(index: i32, e: ResponseError) -> PartitionProduceResponse {
@@ -226,72 +196,4 @@ fn ok_response(index: i32, info: AppendInfo) -> PartitionProduceResponse {
     p.log_append_time_ms = -1;
     p.log_start_offset = info.log_start_offset.0 as i64;
     p
-}
-
-/// Checks Kafka's produce rules that the storage engine does not know about.
-fn check_produce_rules(records: &[u8], version: i16) -> Result<(), ResponseError> {
-    if records.is_empty() {
-        return Err(ResponseError::InvalidRecord);
-    }
-    let h = BatchHeader::parse(records).map_err(|_| ResponseError::CorruptMessage)?;
-    if h.magic() != runnel_log::batch::MAGIC_V2 {
-        return Err(ResponseError::InvalidRecord);
-    }
-    if h.is_control() {
-        // Only brokers write control batches (transaction markers).
-        return Err(ResponseError::InvalidRecord);
-    }
-    let codec = h.compression();
-    if codec > CODEC_MAX || (codec == CODEC_ZSTD && version < ZSTD_PRODUCE_VERSION_MIN) {
-        return Err(ResponseError::UnsupportedCompressionType);
-    }
-    if h.producer_id() >= 0 && h.base_sequence() < 0 {
-        return Err(ResponseError::InvalidRecord);
-    }
-    Ok(())
-}
-
-/// Validates and appends one partition's batch. `Ok` holds the wait for durability,
-/// `Err` the refusal.
-fn produce_partition(
-    partition: &Partition,
-    records: &[u8],
-    version: i16,
-    state: Option<SharedProducers>,
-) -> Result<AppendTicket, ResponseError> {
-    check_produce_rules(records, version)?;
-    let refused = |e: runnel_log::LogError| errors::log_error(&e);
-    let Some(state) = state else {
-        return Ok(partition
-            .append_deferred(records)
-            .map_err(refused)?
-            .into_ticket());
-    };
-    let h = BatchHeader::parse(records).expect("checked above");
-    let seq = BatchSequence {
-        producer_id: h.producer_id(),
-        producer_epoch: h.producer_epoch(),
-        base_sequence: h.base_sequence(),
-        record_count: h.record_count(),
-    };
-    // The check, the write and the state update happen together, so a retry cannot slip
-    // in between; the fsync wait happens later, shared with other appenders.
-    let mut producers = state.lock().unwrap_or_else(|p| p.into_inner());
-    match producers.check(&seq) {
-        // A retry of a batch already written: the original's offsets, once durable.
-        SequenceCheck::Duplicate {
-            base_offset,
-            last_offset,
-        } => Ok(partition.ticket_through(Offset(base_offset), Offset(last_offset))),
-        SequenceCheck::Reject(e) => {
-            Err(ResponseError::try_from_code(e.kafka_code())
-                .unwrap_or(ResponseError::InvalidRecord))
-        }
-        SequenceCheck::Append => {
-            let pending = partition.append_deferred(records).map_err(refused)?;
-            let info = pending.info();
-            producers.record(&seq, info.base_offset.0, info.last_offset.0, now_ms());
-            Ok(pending.into_ticket())
-        }
-    }
 }

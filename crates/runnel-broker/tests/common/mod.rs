@@ -46,7 +46,7 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub requests: Arc<runnel_broker::broker::RequestCounts>,
+    pub requests: Arc<runnel_broker::RequestCounts>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub config: BrokerConfig,
 }
@@ -73,7 +73,7 @@ impl TestBroker {
         let thread = std::thread::spawn(move || {
             let mut log_config = LogConfig::new(&cfg.data_dir);
             log_config.topic_defaults.durability = cfg.durability;
-            log_config.batch_codec = Some(Arc::new(runnel_broker::records::KafkaCodecs));
+            log_config.batch_codec = Some(Arc::new(runnel_core::records::KafkaCodecs));
             // Compaction shows within a test's patience.
             log_config.cleaner_interval = Duration::from_millis(200);
             let log = Arc::new(Log::open(log_config).expect("log opens"));

@@ -1,10 +1,15 @@
-//! Reading records out of stored batches, for the broker's own use (ListOffsets) and for
-//! the HTTP API: decompression with the codecs Kafka defines, and a bounds-checked walk
-//! (`runnel_log::records`), so a batch that lies about its counts costs only its bytes.
+//! Reading records out of stored batches: decompression with the codecs Kafka defines,
+//! a bounds-checked walk (`runnel_log::records`), so a batch that lies about its counts
+//! costs only its bytes, and [`read`], the one loop that steps through a partition.
+//!
+//! Every reader steps by a batch's *end* (`baseOffset + lastOffsetDelta + 1`), never by
+//! the last record's offset + 1: the cleaner may have removed a batch's last records,
+//! and a reader that restarted at the last record kept would read it again, forever.
 
 use bytes::Bytes;
 use runnel_log::batch::{BatchHeader, HEADER_BYTES};
 use runnel_log::records::walk_records;
+use runnel_log::{LogError, Offset, Partition};
 
 /// One record as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +22,9 @@ pub struct StoredRecord {
     pub key: Option<Bytes>,
     /// The value, `None` for null.
     pub value: Option<Bytes>,
+    /// The headers in order: key (UTF-8; invalid bytes replaced) and value (`None` for
+    /// null).
+    pub headers: Vec<(String, Option<Bytes>)>,
 }
 
 /// The records section of a compressed batch, decompressed (codec ids 1 gzip, 2 snappy,
@@ -76,6 +84,15 @@ pub fn records_of(bytes: &[u8], from: i64) -> (Vec<StoredRecord>, i64) {
                 },
                 key: r.key.map(Bytes::copy_from_slice),
                 value: r.value.map(Bytes::copy_from_slice),
+                headers: r
+                    .headers()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(k).into_owned(),
+                            v.map(Bytes::copy_from_slice),
+                        )
+                    })
+                    .collect(),
             });
         });
         if walked.is_err() {
@@ -86,6 +103,51 @@ pub fn records_of(bytes: &[u8], from: i64) -> (Vec<StoredRecord>, i64) {
         rest = &rest[end..];
     }
     (out, next)
+}
+
+/// Reads the records of `partition` from `from` on: whole batches up to about
+/// `max_bytes` (at least one batch), and the offset to read from next, the end of the
+/// last batch read. This is the one reader every caller uses (offset loading, the HTTP
+/// API, live tails, ListOffsets, the embedded transport):
+///
+/// - it steps by batch end, so a batch the cleaner emptied of its last records never
+///   stalls a reader;
+/// - a read that returned only records below `from` (the rest of a batch `from` falls
+///   into was compacted away, or whole batches were) goes on from the batch end instead
+///   of returning nothing, so an empty answer means the high watermark was reached.
+///
+/// The next offset equals `from` when nothing could be read: at the high watermark, or
+/// at a batch whose records cannot be decoded (then nothing after it is served, as with
+/// [`records_of`]). Errors are the log's: a `from` below the log start (negative ones
+/// included, reported as 0) or above the high watermark is
+/// [`LogError::OffsetOutOfRange`].
+pub fn read(
+    partition: &Partition,
+    from: i64,
+    max_bytes: usize,
+) -> Result<(Vec<StoredRecord>, i64), LogError> {
+    if from < 0 {
+        return Err(LogError::OffsetOutOfRange {
+            requested: Offset(0),
+            log_start: partition.log_start_offset(),
+            high_watermark: partition.high_watermark(),
+        });
+    }
+    let mut next = from;
+    loop {
+        let read = partition.read(Offset(next as u64), max_bytes)?;
+        if read.bytes.is_empty() {
+            return Ok((Vec::new(), next));
+        }
+        let (records, end) = records_of(&read.bytes, from);
+        if !records.is_empty() || end <= next {
+            return Ok((records, end.max(next)));
+        }
+        next = end;
+        if next >= read.high_watermark.0 as i64 {
+            return Ok((Vec::new(), next));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,13 +24,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kafka_protocol::records::RecordBatchDecoder;
 use runnel_log::batch::{KeyValue, build_batch};
-use runnel_log::{Log, LogError, Partition, PartitionId, TimestampMs};
+use runnel_log::{Log, LogError, Partition, PartitionId};
 use tracing::{info, warn};
 
-/// The internal topic that holds committed offsets.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+use crate::records;
+use crate::topics::OFFSETS_TOPIC;
 /// Kafka's `offset.metadata.max.bytes`: longer commit metadata is refused.
 pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;
 const FORMAT_VERSION: u8 = 1;
@@ -113,7 +112,7 @@ impl OffsetStore {
             .iter()
             .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
             .collect();
-        let batch = build_batch(&kvs, now_ms());
+        let batch = build_batch(&kvs, crate::now_ms());
         let mut inner = self.lock();
         let partition = self.partition(&mut inner)?;
         partition.append(&batch)?;
@@ -203,48 +202,38 @@ fn range_of(group: &str) -> std::ops::RangeInclusive<OffsetKey> {
 
 fn load(p: &Partition) -> Result<BTreeMap<OffsetKey, Committed>, LogError> {
     let mut offsets = BTreeMap::new();
-    let mut next = p.log_start_offset();
-    let end = p.high_watermark();
+    let mut next = p.log_start_offset().0 as i64;
+    let end = p.high_watermark().0 as i64;
     while next < end {
-        let read = p.read(next, LOAD_READ_BYTES)?;
-        if read.bytes.is_empty() {
+        let (records, after) = records::read(p, next, LOAD_READ_BYTES)?;
+        if after <= next {
+            warn!(
+                offset = next,
+                "undecodable batch in {OFFSETS_TOPIC}; offsets after it are not loaded"
+            );
             break;
         }
-        let mut bytes = bytes::Bytes::from(read.bytes);
-        while !bytes.is_empty() {
-            // The batch's end, from its header: compaction may have removed its last
-            // records, and reading from the last one kept would return it again.
-            let batch_end = runnel_log::batch::BatchHeader::parse(&bytes)
-                .map(|h| h.last_offset().plus(1))
-                .ok();
-            let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
-                warn!("undecodable batch in {OFFSETS_TOPIC}; offsets after it are not loaded");
-                return Ok(offsets);
+        next = after;
+        for r in records {
+            let Some(key) = r.key.as_deref().and_then(decode_key) else {
+                warn!(
+                    offset = r.offset,
+                    "skipping a record with an unknown key in {OFFSETS_TOPIC}"
+                );
+                continue;
             };
-            if let Some(end) = batch_end {
-                next = next.max(end);
-            }
-            for r in set.records {
-                let Some(key) = r.key.as_deref().and_then(decode_key) else {
+            match r.value.as_deref().map(decode_value) {
+                None => {
+                    offsets.remove(&key);
+                }
+                Some(Some(c)) => {
+                    offsets.insert(key, c);
+                }
+                Some(None) => {
                     warn!(
                         offset = r.offset,
-                        "skipping a record with an unknown key in {OFFSETS_TOPIC}"
+                        "skipping an undecodable commit in {OFFSETS_TOPIC}"
                     );
-                    continue;
-                };
-                match r.value.as_deref().map(decode_value) {
-                    None => {
-                        offsets.remove(&key);
-                    }
-                    Some(Some(c)) => {
-                        offsets.insert(key, c);
-                    }
-                    Some(None) => {
-                        warn!(
-                            offset = r.offset,
-                            "skipping an undecodable commit in {OFFSETS_TOPIC}"
-                        );
-                    }
                 }
             }
         }
@@ -319,12 +308,6 @@ fn decode_value(v: &[u8]) -> Option<Committed> {
         commit_ms: i64::from_be_bytes(r.take::<8>()?),
         metadata: r.string()?,
     })
-}
-
-fn now_ms() -> TimestampMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

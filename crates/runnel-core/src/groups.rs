@@ -1,6 +1,7 @@
-//! Wires the sans-IO group coordinator (`runnel-group`) to the broker: a clock, a lock,
-//! parked requests as oneshot channels, and a ticker task that expires sessions and
-//! completes delayed rebalances. Committed offsets live in [`OffsetStore`].
+//! Wires the sans-IO group coordinator (`runnel-group`) to a clock, a lock, parked
+//! requests as oneshot channels, and a ticker task that expires sessions and completes
+//! delayed rebalances. The broker's group APIs and the embedded transport both drive it.
+//! Committed offsets live in [`OffsetStore`].
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -12,7 +13,7 @@ use runnel_group::{
 };
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::offset_store::OffsetStore;
+use crate::offsets::OffsetStore;
 
 /// The ticker wakes at least this often, even when no deadline is due.
 const TICK_MS_MAX: u64 = 1_000;
@@ -105,8 +106,7 @@ impl Groups {
         f(&self.lock().coordinator)
     }
 
-    /// JoinGroup: answers now or when the rebalance completes. On broker shutdown a
-    /// parked join is answered with COORDINATOR_NOT_AVAILABLE, so the client looks again.
+    /// JoinGroup: answers now or when the rebalance completes. On shutdown a parked join is answered with COORDINATOR_NOT_AVAILABLE, so the client looks again.
     pub async fn join(
         &self,
         req: JoinRequest,
@@ -188,43 +188,4 @@ async fn wait(
         o = rx => o.ok(),
         _ = shutdown.wait_for(|s| *s) => None,
     }
-}
-
-/// The (topic, partition)s of a consumer-protocol assignment (the bytes a `consumer`
-/// group's leader hands each member); empty when they are not one.
-#[must_use]
-pub fn assigned_partitions(assignment: &bytes::Bytes) -> Vec<(String, i32)> {
-    use bytes::Buf;
-    use kafka_protocol::messages::ConsumerProtocolAssignment;
-    use kafka_protocol::protocol::Decodable;
-    let mut b = assignment.clone();
-    if b.len() < 2 {
-        return Vec::new();
-    }
-    let version = b.get_i16().clamp(0, 3);
-    match ConsumerProtocolAssignment::decode(&mut b, version) {
-        Ok(a) => a
-            .assigned_partitions
-            .iter()
-            .flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.0.to_string(), *p)))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// The topics of a consumer-protocol subscription (a `consumer` member's JoinGroup
-/// metadata); `None` when the bytes are not one.
-#[must_use]
-pub fn subscribed_topics(metadata: &bytes::Bytes) -> Option<Vec<String>> {
-    use bytes::Buf;
-    use kafka_protocol::messages::ConsumerProtocolSubscription;
-    use kafka_protocol::protocol::Decodable;
-    let mut b = metadata.clone();
-    if b.len() < 2 {
-        return None;
-    }
-    let version = b.get_i16().clamp(0, 3);
-    ConsumerProtocolSubscription::decode(&mut b, version)
-        .ok()
-        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
 }
