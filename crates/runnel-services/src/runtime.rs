@@ -1,0 +1,1429 @@
+//! The runtime: runs service instances on a [`Transport`].
+//!
+//! An instance does, in order:
+//! 1. creates the topics its service names (handled, emitted, table sources, and the
+//!    dead-letter topic `<service>.dlq`);
+//! 2. restores its tables up to the high watermarks it saw at start; only then is it
+//!    *ready*, so handlers never join against a half-restored table;
+//! 3. joins its consumer group and handles records.
+//!
+//! ## Delivery
+//!
+//! At least once. A partition's offset is committed only after every record before it
+//! was handled (or dead-lettered), so a crash re-delivers, never skips. What a handler
+//! emits is sent, and acknowledged by the log, before its record counts as handled.
+//! Records of one key are handled one at a time in offset order; records of different
+//! keys run concurrently up to the service's concurrency. A record that waits (retry
+//! after a transient error, or parked because it is not yet possible) holds only its own
+//! key; it also holds the partition's commit point, so after a crash everything from it
+//! on is delivered again.
+//!
+//! ## Structure
+//!
+//! The group consumer lives in its own task (the *poller*) and takes one command at a
+//! time (next, commit, revoked, close): the transports' calls need not be
+//! cancellation-safe, and the worker loop never awaits the consumer directly. Handler
+//! invocations are tasks in a `JoinSet`; retries and parks are timers on the runtime's
+//! [`Clock`], so tests drive them with virtual time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, HandlerError};
+use crate::handler::{Context, ErasedHandler, Invocation, TableSet};
+use crate::metadata::{Metadata, headers};
+use crate::metrics::{Metrics, Snapshot};
+use crate::ordering::PartitionTracker;
+use crate::retry::{self, Decision};
+use crate::rng::SplitMix64;
+use crate::service::{Service, dead_letter_topic};
+use crate::table::{TableDef, TableRef};
+use crate::trace::TraceParent;
+use crate::transport::{
+    Delivery, GroupConsumer, MemberOptions, OutRecord, Record, TopicPartition, TopicSpec, Transport,
+};
+
+/// How long the poller waits for records before reporting idle, unless told otherwise.
+const IDLE_POLL_DEFAULT: Duration = Duration::from_millis(200);
+/// How often handled offsets are committed.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// Records fetched but not finished, per instance, before fetching pauses.
+const PENDING_RECORDS_MAX: usize = 20_000;
+/// How often a table restore reports progress.
+const RESTORE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long `start` waits for a state file that is still held in this process.
+const STORE_OPEN_WAIT: Duration = Duration::from_secs(5);
+/// Dead-letter sends tried before the record is left pending for a later instance.
+const DEAD_LETTER_SEND_ATTEMPTS: u32 = 10;
+
+/// Headers a dead letter carries besides the original record's.
+pub mod dlq_headers {
+    /// Why the record was given up on.
+    pub const ERROR: &str = "runnel_dlq_error";
+    /// The error's kind: transient, permanent or not_yet.
+    pub const ERROR_KIND: &str = "runnel_dlq_error_kind";
+    /// The topic the record came from.
+    pub const TOPIC: &str = "runnel_dlq_topic";
+    /// Its partition.
+    pub const PARTITION: &str = "runnel_dlq_partition";
+    /// Its offset.
+    pub const OFFSET: &str = "runnel_dlq_offset";
+    /// How many times its handler ran.
+    pub const ATTEMPTS: &str = "runnel_dlq_attempts";
+    /// The service that gave up.
+    pub const SERVICE: &str = "runnel_dlq_service";
+    /// When, ms since the Unix epoch.
+    pub const TIME_MS: &str = "runnel_dlq_time_ms";
+}
+
+/// Runs services on a transport.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    transport: Arc<dyn Transport>,
+    state_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    session_timeout: Duration,
+    drain_timeout: Duration,
+    idle_poll: Duration,
+}
+
+impl Runtime {
+    /// A runtime on `transport`, keeping tables under `./runnel-state`.
+    #[must_use]
+    pub fn new(transport: Arc<dyn Transport>) -> Runtime {
+        Runtime {
+            transport,
+            state_dir: PathBuf::from("runnel-state"),
+            clock: Arc::new(SystemClock),
+            session_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            idle_poll: IDLE_POLL_DEFAULT,
+        }
+    }
+
+    /// How long a poll waits for records before the instance counts as idle (the
+    /// test harness polls faster).
+    #[must_use]
+    pub fn idle_poll(mut self, d: Duration) -> Runtime {
+        self.idle_poll = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Where instances keep their tables: `<dir>/<service>/<instance>.redb`.
+    #[must_use]
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Runtime {
+        self.state_dir = dir.into();
+        self
+    }
+
+    /// The clock retries and parking follow (a `ManualClock` in tests).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Runtime {
+        self.clock = clock;
+        self
+    }
+
+    /// How long an instance may go silent before its group moves its partitions.
+    #[must_use]
+    pub fn session_timeout(mut self, d: Duration) -> Runtime {
+        self.session_timeout = d;
+        self
+    }
+
+    /// How long a stop or a rebalance waits for running handlers.
+    #[must_use]
+    pub fn drain_timeout(mut self, d: Duration) -> Runtime {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// The transport.
+    #[must_use]
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// Starts one instance of `service`. `instance` names it (and its state file); two
+    /// instances of one service in one state directory need different names.
+    pub async fn start<S: Clone + Send + Sync + 'static>(
+        &self,
+        service: Service<S>,
+        instance: &str,
+    ) -> Result<ServiceHandle, Error> {
+        service.recoverability.validate()?;
+        let path = self
+            .state_dir
+            .join(&service.name)
+            .join(format!("{instance}.redb"));
+        let store = Arc::new(open_store(&path).await?);
+        let mut tables = TableSet::default();
+        for t in &service.tables {
+            tables
+                .by_type
+                .insert(t.value_type, (t.reader)(store.clone(), t.name.clone()));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let has_tables = !service.tables.is_empty();
+        let has_routes = !service.routes.is_empty();
+        let handled_topics = service.handled_topics();
+        let inst = Arc::new(Instance {
+            name: Arc::from(service.name.as_str()),
+            instance: instance.to_string(),
+            runtime: self.clone(),
+            store,
+            tables: Arc::new(tables),
+            metrics: Arc::new(Metrics::default()),
+            status: Arc::new(Status::default()),
+            service,
+        });
+        let span = info_span!("service", name = %inst.name, instance);
+        let running = inst.clone();
+        let task = tokio::spawn(
+            async move {
+                let r = running.run(stop_rx, ready_tx).await;
+                if let Err(e) = &r {
+                    error!(%e, "service instance stopped on an error");
+                }
+                r
+            }
+            .instrument(span),
+        );
+        Ok(ServiceHandle {
+            stop: stop_tx,
+            ready: ready_rx,
+            task: Some(task),
+            metrics: inst.metrics.clone(),
+            status: inst.status.clone(),
+            tables: inst.tables.clone(),
+            name: inst.name.to_string(),
+            instance: instance.to_string(),
+            has_tables,
+            has_routes,
+            handled_topics,
+        })
+    }
+}
+
+/// Runs until Ctrl-C (or SIGTERM), then stops every instance gracefully: fetching
+/// stops, running handlers finish (up to the drain timeout), offsets are committed, the
+/// groups are left. A second Ctrl-C exits the process at once (status 130).
+pub async fn run_until_signal(handles: Vec<ServiceHandle>) -> Result<(), Error> {
+    wait_for_signal().await;
+    info!("stopping; press Ctrl-C again to exit at once");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        warn!("second signal: exiting without finishing");
+        std::process::exit(130);
+    });
+    let mut first_error = None;
+    for h in handles {
+        if let Err(e) = h.stop().await {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Opens an instance's store. A previous incarnation of the instance in this process
+/// (a test's crash and restart) may still be letting go of the file for a moment; a
+/// store held longer than that is an error that names the file.
+async fn open_store(path: &std::path::Path) -> Result<runnel_state::Store, Error> {
+    let deadline = Instant::now() + STORE_OPEN_WAIT;
+    loop {
+        match runnel_state::Store::open(path) {
+            Ok(s) => return Ok(s),
+            Err(runnel_state::StoreError::InUse { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(Error::Store(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// A running instance.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    name: String,
+    instance: String,
+    stop: watch::Sender<bool>,
+    ready: watch::Receiver<bool>,
+    task: Option<JoinHandle<Result<(), Error>>>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    tables: Arc<TableSet>,
+    has_tables: bool,
+    has_routes: bool,
+    handled_topics: Vec<String>,
+}
+
+impl ServiceHandle {
+    /// The service's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The instance's name.
+    #[must_use]
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether its tables have caught up (and it is handling records).
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// A receiver of readiness changes (for `/health/ready`).
+    #[must_use]
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// Waits until it is ready, or fails if it stopped first.
+    pub async fn wait_ready(&mut self) -> Result<(), Error> {
+        if self.ready.wait_for(|r| *r).await.is_ok() {
+            return Ok(());
+        }
+        match self.task.take() {
+            Some(t) => match t.await {
+                Ok(Ok(())) => Err(Error::Shutdown),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(Error::Transport(format!("service task failed: {e}"))),
+            },
+            None => Err(Error::Shutdown),
+        }
+    }
+
+    /// Its counters.
+    #[must_use]
+    pub fn metrics(&self) -> Snapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Its counters in Prometheus' text format.
+    #[must_use]
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.name, &self.instance)
+    }
+
+    /// A read handle on its table of `V`.
+    #[must_use]
+    pub fn table<V: serde::de::DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        _name: &str,
+    ) -> Option<TableRef<V>> {
+        self.tables.get::<V>()
+    }
+
+    /// Whether it has nothing to do right now: no handler running, nothing fetched and
+    /// not finished except records waiting for a retry or a park, everything handled
+    /// committed, and the last poll found nothing new.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.status.idle.load(Ordering::SeqCst)
+    }
+
+    /// Polls that found the instance with nothing to do, and table polls that found
+    /// nothing new: the test harness waits for both to move to know it is idle.
+    #[must_use]
+    pub fn idle_polls(&self) -> (u64, u64) {
+        (
+            self.status.idle_polls.load(Ordering::SeqCst),
+            self.status.table_idle_polls.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Group assignments received so far, the partitions owned now, and whether it is
+    /// a settled member (assigned and not revoking).
+    #[must_use]
+    pub fn assignment(&self) -> (u64, usize, bool) {
+        (
+            self.status.assignments.load(Ordering::SeqCst),
+            self.status.owned.load(Ordering::SeqCst),
+            self.status.joined.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Per owned partition, the offset after the last record fetched (partitions with
+    /// nothing fetched since their assignment are absent).
+    #[must_use]
+    pub fn fetched(&self) -> HashMap<TopicPartition, i64> {
+        self.status
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Per table source partition, the offset after the last record applied.
+    #[must_use]
+    pub fn applied(&self) -> HashMap<TopicPartition, i64> {
+        self.status
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The topics its handlers consume.
+    #[must_use]
+    pub fn handled_topics(&self) -> &[String] {
+        &self.handled_topics
+    }
+
+    /// Whether it declares tables, and whether it handles records.
+    #[must_use]
+    pub fn shape(&self) -> (bool, bool) {
+        (self.has_tables, self.has_routes)
+    }
+
+    /// Records waiting for a retry or parked.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.status.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Whether it has stopped (after `stop`, a crash of its task, or an error).
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops gracefully: stops fetching, lets running handlers finish (up to the drain
+    /// timeout), commits, leaves the group.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        match self.task.take() {
+            Some(t) => t
+                .await
+                .map_err(|e| Error::Transport(format!("service task failed: {e}")))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops at once, as a crash would: nothing more is committed and the group learns
+    /// of it only when the session times out.
+    pub fn kill(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// What `is_idle` and tests read.
+#[derive(Debug, Default)]
+struct Status {
+    /// Polls that found nothing while nothing was running or committable.
+    idle_polls: std::sync::atomic::AtomicU64,
+    /// Table polls that found nothing.
+    table_idle_polls: std::sync::atomic::AtomicU64,
+    idle: AtomicBool,
+    waiting: AtomicUsize,
+    /// Assignments received so far.
+    assignments: std::sync::atomic::AtomicU64,
+    /// Partitions owned now (0 while rebalancing).
+    owned: AtomicUsize,
+    /// Between an assignment and the next revocation.
+    joined: AtomicBool,
+    /// Per owned partition, the offset after the last record fetched.
+    fetched: std::sync::Mutex<HashMap<TopicPartition, i64>>,
+    /// Per table source partition, the offset after the last record applied.
+    applied: std::sync::Mutex<HashMap<TopicPartition, i64>>,
+}
+
+impl Status {
+    fn note(map: &std::sync::Mutex<HashMap<TopicPartition, i64>>, tp: &TopicPartition, next: i64) {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(tp.clone()).or_insert(next);
+        *e = (*e).max(next);
+    }
+}
+
+/// One running instance.
+struct Instance<S> {
+    name: Arc<str>,
+    instance: String,
+    runtime: Runtime,
+    service: Service<S>,
+    store: Arc<runnel_state::Store>,
+    tables: Arc<TableSet>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Instance<S> {
+    async fn run(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        ready: watch::Sender<bool>,
+    ) -> Result<(), Error> {
+        let transport = self.runtime.transport.clone();
+        let mut topics: Vec<TopicSpec> = self.service.topics.values().cloned().collect();
+        topics.push(TopicSpec {
+            name: dead_letter_topic(&self.name),
+            partitions: 1,
+            compacted: false,
+        });
+        transport.ensure_topics(&topics).await?;
+
+        // Tables first: handlers join against them.
+        let mut feeders = JoinSet::new();
+        let mut table_ready = Vec::new();
+        for t in &self.service.tables {
+            let (tx, rx) = watch::channel(false);
+            table_ready.push(rx);
+            let feeder = TableFeeder {
+                transport: transport.clone(),
+                status: self.status.clone(),
+                idle_poll: self.runtime.idle_poll,
+                store: self.store.clone(),
+                def: t.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let stop = stop.clone();
+            feeders.spawn(feeder.run(tx, stop).in_current_span());
+        }
+        for mut r in table_ready {
+            tokio::select! {
+                res = async { r.wait_for(|r| *r).await.is_ok() } => {
+                    if !res {
+                        // The feeder ended before the table was ready: say why.
+                        return match feeders.join_next().await {
+                            Some(Ok(Err(e))) => Err(e),
+                            _ => Err(Error::Shutdown),
+                        };
+                    }
+                }
+                () = stopped(&mut stop) => return Ok(()),
+            }
+        }
+        info!("ready");
+        let _ = ready.send(true);
+
+        let result = if self.service.routes.is_empty() {
+            self.status.idle.store(true, Ordering::SeqCst);
+            let _ = stop.wait_for(|s| *s).await;
+            Ok(())
+        } else {
+            self.clone().handle_records(stop.clone()).await
+        };
+        // Feeders see the same stop signal; wait for them so the store is quiet.
+        while let Some(r) = feeders.join_next().await {
+            if let Ok(Err(e)) = r {
+                warn!(%e, "table feeder stopped on an error");
+            }
+        }
+        result
+    }
+
+    async fn handle_records(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<(), Error> {
+        let options = MemberOptions {
+            group: self.name.to_string(),
+            topics: self.service.handled_topics(),
+            client_id: format!("{}-{}", self.name, self.instance),
+            instance_id: None,
+            session_timeout: self.runtime.session_timeout,
+            rebalance_timeout: self.runtime.drain_timeout * 3,
+        };
+        let consumer = self.runtime.transport.subscribe(options).await?;
+        let (cmd, rx) = mpsc::channel(4);
+        let poller =
+            tokio::spawn(poll_loop(consumer, rx, self.runtime.idle_poll).in_current_span());
+        let mut worker = Worker {
+            inst: self.clone(),
+            parts: HashMap::new(),
+            running: JoinSet::new(),
+            timers: JoinSet::new(),
+            cmd,
+            generation: 0,
+            rng: SplitMix64::from_entropy(),
+            idle_seen: false,
+        };
+        let result = worker.run(stop).await;
+        drop(worker);
+        let _ = poller.await;
+        result
+    }
+}
+
+/// What the worker asks of the poller.
+enum Cmd {
+    Next(oneshot::Sender<Result<Delivery, Error>>),
+    Commit(
+        Vec<(TopicPartition, i64)>,
+        oneshot::Sender<Result<(), Error>>,
+    ),
+    Revoked(
+        Vec<(TopicPartition, i64)>,
+        oneshot::Sender<Result<(), Error>>,
+    ),
+    Close(oneshot::Sender<Result<(), Error>>),
+}
+
+/// Owns the group consumer; runs one command at a time. If the worker goes away without
+/// `Close` (a crash), the consumer is dropped without leaving its group.
+async fn poll_loop(
+    mut consumer: Box<dyn GroupConsumer>,
+    mut rx: mpsc::Receiver<Cmd>,
+    idle: Duration,
+) {
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::Next(tx) => {
+                let _ = tx.send(consumer.next(idle).await);
+            }
+            Cmd::Commit(offsets, tx) => {
+                let _ = tx.send(consumer.commit(offsets).await);
+            }
+            Cmd::Revoked(offsets, tx) => {
+                let _ = tx.send(consumer.revoked(offsets).await);
+            }
+            Cmd::Close(tx) => {
+                let _ = tx.send(consumer.close().await);
+                return;
+            }
+        }
+    }
+}
+
+/// One owned partition: what was fetched and where each record stands.
+struct Part {
+    tracker: PartitionTracker,
+    records: BTreeMap<i64, Arc<Record>>,
+    /// Failures so far per offset (retries and parks count separately in `decide`).
+    attempts: HashMap<i64, u32>,
+    /// The assignment this state belongs to: outcomes of older ones are ignored.
+    generation: u64,
+    /// The highest offset pushed: a transport that delivers a record twice within one
+    /// assignment does not get it handled twice.
+    last_pushed: i64,
+}
+
+/// The end of one handler invocation (or dead-letter send).
+struct Outcome {
+    tp: TopicPartition,
+    offset: i64,
+    generation: u64,
+    result: OutcomeKind,
+}
+
+enum OutcomeKind {
+    Handled { latency: Duration, emitted: usize },
+    Failed(HandlerError),
+    DeadLettered,
+    DeadLetterFailed(String),
+}
+
+/// A retry or park whose time has come.
+struct Wake {
+    tp: TopicPartition,
+    offset: i64,
+    generation: u64,
+}
+
+struct Worker<S> {
+    inst: Arc<Instance<S>>,
+    parts: HashMap<TopicPartition, Part>,
+    running: JoinSet<Outcome>,
+    timers: JoinSet<Wake>,
+    cmd: mpsc::Sender<Cmd>,
+    generation: u64,
+    rng: SplitMix64,
+    /// The last poll found nothing new.
+    idle_seen: bool,
+}
+
+impl<S: Clone + Send + Sync + 'static> Worker<S> {
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+        let mut next: Option<oneshot::Receiver<Result<Delivery, Error>>> = None;
+        let mut commit: Option<CommitInFlight> = None;
+        let mut last_commit = Instant::now();
+        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.start_runnable();
+            self.publish_status(next.is_some(), commit.is_some());
+            if next.is_none() && self.pending() < PENDING_RECORDS_MAX {
+                let (tx, rx) = oneshot::channel();
+                if self.cmd.send(Cmd::Next(tx)).await.is_err() {
+                    return Err(Error::Transport("the group consumer stopped".into()));
+                }
+                next = Some(rx);
+            }
+            tokio::select! {
+                () = stopped(&mut stop) => break,
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    match done {
+                        Ok(o) => self.on_outcome(o),
+                        Err(e) if e.is_panic() => {
+                            // A panicking handler is a bug in it; the record stays
+                            // pending (never committed) and the instance goes on.
+                            error!("a handler panicked: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Some(Ok(w)) = self.timers.join_next(), if !self.timers.is_empty() => self.on_wake(&w),
+                d = async { next.as_mut().expect("guarded").await }, if next.is_some() => {
+                    next = None;
+                    let d = d.map_err(|_| Error::Transport("the group consumer stopped".into()))??;
+                    self.on_delivery(d, &mut commit).await?;
+                }
+                c = async { commit.as_mut().expect("guarded").reply.as_mut().await }, if commit.is_some() => {
+                    let done = commit.take().expect("guarded");
+                    self.on_committed(done.done, c);
+                }
+                _ = commit_tick.tick() => {}
+            }
+            // Commit on a timer, and at once when the partition went quiet (so an idle
+            // service has committed everything it handled).
+            if commit.is_none() && (last_commit.elapsed() >= COMMIT_INTERVAL || self.idle_seen) {
+                commit = self.start_commit().await;
+                last_commit = Instant::now();
+            }
+        }
+        self.shutdown(next, commit).await
+    }
+
+    fn pending(&self) -> usize {
+        self.parts.values().map(|p| p.records.len()).sum()
+    }
+
+    fn publish_status(&self, polling: bool, committing: bool) {
+        let waiting = self.timers.len();
+        let committable = self
+            .parts
+            .values()
+            .any(|p| p.tracker.committable().is_some());
+        // `start_runnable` ran just before: with nothing running, nothing can run.
+        let idle = self.idle_seen && self.running.is_empty() && !committable && !committing;
+        let _ = polling;
+        self.inst.status.waiting.store(waiting, Ordering::SeqCst);
+        self.inst.status.idle.store(idle, Ordering::SeqCst);
+    }
+
+    /// Starts every record whose key is free, up to the concurrency limit.
+    fn start_runnable(&mut self) {
+        let limit = self.inst.service.concurrency;
+        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+        let mut progress = true;
+        while progress && self.running.len() < limit {
+            progress = false;
+            for tp in &tps {
+                if self.running.len() >= limit {
+                    break;
+                }
+                let Some(part) = self.parts.get_mut(tp) else {
+                    continue;
+                };
+                let Some(offset) = part.tracker.next_runnable() else {
+                    continue;
+                };
+                progress = true;
+                self.invoke(tp.clone(), offset);
+            }
+        }
+    }
+
+    fn route(&self, record: &Record) -> Option<ErasedHandler<S>> {
+        let routes = &self.inst.service.routes;
+        let topic = &*record.tp.topic;
+        match record.header(headers::CE_TYPE) {
+            Some(t) => {
+                let t = String::from_utf8_lossy(t);
+                routes.get(&(topic.to_string(), t.into_owned())).cloned()
+            }
+            None => {
+                // Records from producers that set no type (kcat, other tools): the
+                // topic's handler, when it has exactly one.
+                let mut of_topic = routes.iter().filter(|((t, _), _)| t == topic);
+                match (of_topic.next(), of_topic.next()) {
+                    (Some((_, h)), None) => Some(h.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn invoke(&mut self, tp: TopicPartition, offset: i64) {
+        let part = self.parts.get_mut(&tp).expect("caller checked");
+        let record = part
+            .records
+            .get(&offset)
+            .expect("tracked records are kept")
+            .clone();
+        let generation = part.generation;
+        let attempt = part.attempts.get(&offset).copied().unwrap_or(0) + 1;
+        let Some(handler) = self.route(&record) else {
+            debug!(%tp, offset, "skipping a record of a type this service does not handle");
+            self.inst
+                .metrics
+                .skipped_unknown
+                .fetch_add(1, Ordering::Relaxed);
+            self.finish(&tp, offset);
+            return;
+        };
+        let mut meta = Metadata::from_record(
+            record.tp.topic.to_string(),
+            record.tp.partition,
+            record.offset,
+            record.key.as_deref(),
+            record.timestamp_ms,
+            &record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().map(|b| b.to_vec())))
+                .collect::<Vec<_>>(),
+        );
+        meta.attempt = attempt;
+        let mut rng = || self.rng.next_u64();
+        let trace = match &meta.traceparent {
+            Some(t) => t.child(&mut rng),
+            None => TraceParent::new_root(&mut rng),
+        };
+        let span = info_span!(
+            "handle",
+            topic = %tp.topic,
+            partition = tp.partition,
+            offset,
+            event_type = %meta.event_type,
+            attempt,
+            traceparent = %trace,
+        );
+        let inv = Arc::new(Invocation {
+            record,
+            meta,
+            tables: self.inst.tables.clone(),
+            service: self.inst.name.clone(),
+            emitted: std::sync::Mutex::new(Vec::new()),
+            trace,
+            rng: std::sync::Mutex::new(SplitMix64::from_entropy()),
+        });
+        let ctx = Context {
+            inv: inv.clone(),
+            state: self.inst.service.state.clone(),
+        };
+        let timeout = self.inst.service.handler_timeout;
+        let transport = self.inst.runtime.transport.clone();
+        self.running.spawn(
+            async move {
+                let started = Instant::now();
+                let result = match tokio::time::timeout(timeout, handler(&ctx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(HandlerError::transient(format!(
+                        "the handler took longer than {timeout:?}"
+                    ))),
+                };
+                let result = match result {
+                    Ok(()) => {
+                        let emitted = std::mem::take(
+                            &mut *inv.emitted.lock().unwrap_or_else(|p| p.into_inner()),
+                        );
+                        let n = emitted.len();
+                        match send_all(&*transport, emitted).await {
+                            Ok(()) => OutcomeKind::Handled {
+                                latency: started.elapsed(),
+                                emitted: n,
+                            },
+                            Err(e) => OutcomeKind::Failed(HandlerError::transient(format!(
+                                "sending emitted events: {e}"
+                            ))),
+                        }
+                    }
+                    Err(e) => OutcomeKind::Failed(e),
+                };
+                Outcome {
+                    tp,
+                    offset,
+                    generation,
+                    result,
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The record at `offset` is done: handled, dead-lettered or skipped.
+    fn finish(&mut self, tp: &TopicPartition, offset: i64) {
+        if let Some(part) = self.parts.get_mut(tp) {
+            part.tracker.done(offset);
+            part.records.remove(&offset);
+            part.attempts.remove(&offset);
+        }
+    }
+
+    fn on_outcome(&mut self, o: Outcome) {
+        let current = self
+            .parts
+            .get(&o.tp)
+            .is_some_and(|p| p.generation == o.generation);
+        if !current {
+            return; // the partition moved on meanwhile; its new owner handles it again
+        }
+        let m = &self.inst.metrics;
+        match o.result {
+            OutcomeKind::Handled { latency, emitted } => {
+                m.handled.fetch_add(1, Ordering::Relaxed);
+                m.emitted.fetch_add(emitted as u64, Ordering::Relaxed);
+                m.observe_latency(latency);
+                self.finish(&o.tp, o.offset);
+            }
+            OutcomeKind::DeadLettered => {
+                m.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.finish(&o.tp, o.offset);
+            }
+            OutcomeKind::DeadLetterFailed(e) => {
+                error!(tp = %o.tp, offset = o.offset, %e, "cannot write the dead letter; the record stays pending and is delivered again after a restart");
+            }
+            OutcomeKind::Failed(err) => {
+                m.failed.fetch_add(1, Ordering::Relaxed);
+                let part = self.parts.get_mut(&o.tp).expect("checked above");
+                let attempt = part.attempts.entry(o.offset).or_insert(0);
+                *attempt += 1;
+                let attempt = *attempt;
+                let mut rng = || self.rng.next_u64();
+                match retry::decide(&self.inst.service.recoverability, &err, attempt, &mut rng) {
+                    Decision::RetryAfter(d) => {
+                        debug!(tp = %o.tp, offset = o.offset, attempt, delay = ?d, %err, "retrying");
+                        m.retried.fetch_add(1, Ordering::Relaxed);
+                        self.wake_after(o.tp, o.offset, o.generation, d);
+                    }
+                    Decision::Park(d) => {
+                        debug!(tp = %o.tp, offset = o.offset, attempt, delay = ?d, %err, "parked");
+                        m.parked.fetch_add(1, Ordering::Relaxed);
+                        self.wake_after(o.tp, o.offset, o.generation, d);
+                    }
+                    Decision::DeadLetter { reason } => {
+                        warn!(tp = %o.tp, offset = o.offset, attempt, %reason, "dead-lettering");
+                        self.dead_letter(o.tp, o.offset, o.generation, &err, attempt);
+                    }
+                    Decision::Skip { reason } => {
+                        warn!(tp = %o.tp, offset = o.offset, attempt, %reason, "giving up (dead letters are off)");
+                        self.finish(&o.tp, o.offset);
+                    }
+                }
+            }
+        }
+    }
+
+    fn wake_after(&mut self, tp: TopicPartition, offset: i64, generation: u64, d: Duration) {
+        let sleep = self.inst.runtime.clock.sleep(d);
+        self.timers.spawn(async move {
+            sleep.await;
+            Wake {
+                tp,
+                offset,
+                generation,
+            }
+        });
+    }
+
+    fn on_wake(&mut self, w: &Wake) {
+        let current = self
+            .parts
+            .get(&w.tp)
+            .is_some_and(|p| p.generation == w.generation && p.records.contains_key(&w.offset));
+        if current {
+            self.invoke(w.tp.clone(), w.offset);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        tp: TopicPartition,
+        offset: i64,
+        generation: u64,
+        err: &HandlerError,
+        attempts: u32,
+    ) {
+        let part = self.parts.get(&tp).expect("caller checked");
+        let record = part.records.get(&offset).expect("tracked").clone();
+        let mut hdrs: Vec<(String, Vec<u8>)> = record
+            .headers
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.to_vec())))
+            .collect();
+        let kind = match err.kind() {
+            crate::error::ErrorKind::Transient => "transient",
+            crate::error::ErrorKind::Permanent => "permanent",
+            crate::error::ErrorKind::NotYet => "not_yet",
+        };
+        for (k, v) in [
+            (dlq_headers::ERROR, err.message().to_string()),
+            (dlq_headers::ERROR_KIND, kind.to_string()),
+            (dlq_headers::TOPIC, tp.topic.to_string()),
+            (dlq_headers::PARTITION, tp.partition.to_string()),
+            (dlq_headers::OFFSET, offset.to_string()),
+            (dlq_headers::ATTEMPTS, attempts.to_string()),
+            (dlq_headers::SERVICE, self.inst.name.to_string()),
+            (
+                dlq_headers::TIME_MS,
+                crate::clock::unix_now_ms().to_string(),
+            ),
+        ] {
+            hdrs.push((k.to_string(), v.into_bytes()));
+        }
+        let letter = OutRecord {
+            topic: dead_letter_topic(&self.inst.name),
+            partition: None,
+            key: record.key.as_ref().map(|k| k.to_vec()),
+            value: record.value.as_ref().map(|v| v.to_vec()),
+            headers: hdrs,
+        };
+        let transport = self.inst.runtime.transport.clone();
+        self.running.spawn(async move {
+            let mut last = String::new();
+            for i in 0..DEAD_LETTER_SEND_ATTEMPTS {
+                match transport.send(vec![letter.clone()]).await {
+                    Ok(_) => {
+                        return Outcome {
+                            tp,
+                            offset,
+                            generation,
+                            result: OutcomeKind::DeadLettered,
+                        };
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100 << i.min(6))).await;
+            }
+            Outcome {
+                tp,
+                offset,
+                generation,
+                result: OutcomeKind::DeadLetterFailed(last),
+            }
+        });
+    }
+
+    async fn on_delivery(
+        &mut self,
+        d: Delivery,
+        commit: &mut Option<CommitInFlight>,
+    ) -> Result<(), Error> {
+        match d {
+            Delivery::Records(records) => {
+                self.idle_seen = false;
+                // Before the positions move, so that nobody sees new positions with an
+                // old "idle".
+                self.inst.status.idle.store(false, Ordering::SeqCst);
+                for r in records {
+                    let Some(part) = self.parts.get_mut(&r.tp) else {
+                        continue;
+                    };
+                    if r.offset <= part.last_pushed {
+                        continue;
+                    }
+                    part.last_pushed = r.offset;
+                    Status::note(&self.inst.status.fetched, &r.tp, r.offset + 1);
+                    part.tracker
+                        .push(r.offset, r.key.as_ref().map(|k| k.to_vec()));
+                    part.records.insert(r.offset, Arc::new(r));
+                }
+            }
+            Delivery::Assigned(tps) => {
+                self.generation += 1;
+                self.inst.status.owned.store(tps.len(), Ordering::SeqCst);
+                self.inst.status.joined.store(true, Ordering::SeqCst);
+                self.inst.status.assignments.fetch_add(1, Ordering::SeqCst);
+                info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), "assigned");
+                for tp in tps {
+                    self.parts.insert(
+                        tp,
+                        Part {
+                            tracker: PartitionTracker::default(),
+                            records: BTreeMap::new(),
+                            attempts: HashMap::new(),
+                            generation: self.generation,
+                            last_pushed: -1,
+                        },
+                    );
+                }
+            }
+            Delivery::Revoking(tps) => {
+                self.inst.status.owned.store(0, Ordering::SeqCst);
+                self.inst.status.joined.store(false, Ordering::SeqCst);
+                // Let a commit in flight land first; then finish running handlers.
+                if let Some(c) = commit.take() {
+                    let r = c.reply.await;
+                    self.on_committed(c.done, r);
+                }
+                self.drain().await;
+                let offsets: Vec<(TopicPartition, i64)> = tps
+                    .iter()
+                    .filter_map(|tp| {
+                        self.parts
+                            .get(tp)
+                            .and_then(|p| p.tracker.committable())
+                            .map(|o| (tp.clone(), o))
+                    })
+                    .collect();
+                debug!(partitions = tps.len(), "revoking");
+                let (tx, rx) = oneshot::channel();
+                if self.cmd.send(Cmd::Revoked(offsets, tx)).await.is_ok()
+                    && let Ok(Err(e)) = rx.await
+                {
+                    debug!(%e, "commit at revocation");
+                }
+                let mut fetched = self
+                    .inst
+                    .status
+                    .fetched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for tp in &tps {
+                    self.parts.remove(tp);
+                    fetched.remove(tp);
+                }
+            }
+            Delivery::Idle => {
+                self.idle_seen = true;
+                if self.running.is_empty() {
+                    self.inst.status.idle_polls.fetch_add(1, Ordering::SeqCst);
+                }
+                self.update_lag().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for running invocations to end, up to the drain timeout, then abandons the
+    /// rest (their records stay uncommitted).
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.inst.runtime.drain_timeout;
+        while !self.running.is_empty() {
+            tokio::select! {
+                Some(done) = self.running.join_next() => {
+                    if let Ok(o) = done {
+                        self.on_outcome(o);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(running = self.running.len(), "handlers still running at the drain deadline; their records will be handled again");
+                    self.running.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn start_commit(&mut self) -> Option<CommitInFlight> {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .parts
+            .iter()
+            .filter_map(|(tp, p)| p.tracker.committable().map(|o| (tp.clone(), o)))
+            .collect();
+        if offsets.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(Cmd::Commit(offsets.clone(), tx)).await.ok()?;
+        Some(CommitInFlight {
+            done: offsets
+                .into_iter()
+                .map(|(tp, o)| (tp.clone(), o, self.parts[&tp].generation))
+                .collect(),
+            reply: Box::pin(rx),
+        })
+    }
+
+    fn on_committed(
+        &mut self,
+        done: Vec<(TopicPartition, i64, u64)>,
+        reply: Result<Result<(), Error>, oneshot::error::RecvError>,
+    ) {
+        match reply {
+            Ok(Ok(())) => {
+                self.inst.metrics.commits.fetch_add(1, Ordering::Relaxed);
+                for (tp, offset, generation) in done {
+                    if let Some(p) = self.parts.get_mut(&tp)
+                        && p.generation == generation
+                    {
+                        p.tracker.mark_committed(offset);
+                    }
+                }
+            }
+            Ok(Err(e)) => debug!(%e, "commit refused; trying again later"),
+            Err(_) => {}
+        }
+    }
+
+    async fn update_lag(&self) {
+        let mut lag = BTreeMap::new();
+        let mut by_topic: BTreeMap<&str, Vec<(&TopicPartition, &Part)>> = BTreeMap::new();
+        for (tp, p) in &self.parts {
+            by_topic.entry(&tp.topic).or_default().push((tp, p));
+        }
+        for (topic, parts) in by_topic {
+            let Ok(wm) = self.inst.runtime.transport.watermarks(topic).await else {
+                continue;
+            };
+            for (tp, p) in parts {
+                if let (Some((_, hw)), Some(at)) =
+                    (wm.get(tp.partition as usize), p.tracker.committed())
+                {
+                    lag.insert(tp.to_string(), (hw - at).max(0));
+                }
+            }
+        }
+        self.inst.metrics.set_lag(lag);
+    }
+
+    async fn shutdown(
+        &mut self,
+        next: Option<oneshot::Receiver<Result<Delivery, Error>>>,
+        commit: Option<CommitInFlight>,
+    ) -> Result<(), Error> {
+        info!("stopping: finishing running handlers");
+        if let Some(c) = commit {
+            let r = c.reply.await;
+            self.on_committed(c.done, r);
+        }
+        if let Some(rx) = next {
+            // The poller is busy with this; its records stay unhandled and uncommitted.
+            let _ = rx.await;
+        }
+        self.timers.abort_all();
+        self.drain().await;
+        if let Some(c) = self.start_commit().await {
+            let r = c.reply.await;
+            self.on_committed(c.done, r);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Close(tx)).await.is_ok()
+            && let Ok(Err(e)) = rx.await
+        {
+            warn!(%e, "leaving the group");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A commit on its way, and what it commits.
+struct CommitInFlight {
+    done: Vec<(TopicPartition, i64, u64)>,
+    reply: std::pin::Pin<Box<oneshot::Receiver<Result<(), Error>>>>,
+}
+
+async fn send_all(transport: &dyn Transport, records: Vec<OutRecord>) -> Result<(), Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    transport.send(records).await.map(|_| ())
+}
+
+/// Restores and follows one table.
+struct TableFeeder {
+    transport: Arc<dyn Transport>,
+    status: Arc<Status>,
+    idle_poll: Duration,
+    store: Arc<runnel_state::Store>,
+    def: Arc<TableDef>,
+    metrics: Arc<Metrics>,
+}
+
+impl TableFeeder {
+    async fn run(
+        self,
+        ready: watch::Sender<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let name = self.def.name.clone();
+        let stored = {
+            let store = self.store.clone();
+            let n = name.clone();
+            tokio::task::spawn_blocking(move || store.offsets(&n))
+                .await
+                .map_err(|e| Error::Store(e.to_string()))?
+                .map_err(|e| Error::Store(e.to_string()))?
+        };
+        let mut from = Vec::new();
+        let mut targets: HashMap<TopicPartition, i64> = HashMap::new();
+        let mut behind: i64 = 0;
+        for topic in self.def.topics() {
+            let wm = self.transport.watermarks(topic).await?;
+            for (p, (lo, hi)) in wm.iter().enumerate() {
+                let tp = TopicPartition::new(topic, p as i32);
+                let next = stored
+                    .get(&(topic.to_string(), p as i32))
+                    .copied()
+                    .unwrap_or(*lo)
+                    .max(*lo);
+                if next < *hi {
+                    targets.insert(tp.clone(), *hi);
+                    behind += hi - next;
+                }
+                Status::note(&self.status.applied, &tp, next);
+                from.push((tp, next));
+            }
+        }
+        if targets.is_empty() {
+            info!(table = %name, "table is up to date");
+            let _ = ready.send(true);
+        } else {
+            info!(table = %name, records = behind, "restoring table");
+        }
+        let mut reader = self.transport.reader(from)?;
+        let routes = Arc::new(self.def.routes());
+        let mut applied: i64 = 0;
+        let mut last_report = Instant::now();
+        loop {
+            let records = tokio::select! {
+                r = reader.poll(self.idle_poll) => r?,
+                () = stopped(&mut stop) => return Ok(()),
+            };
+            if records.is_empty() {
+                self.status.table_idle_polls.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let mut reached: HashMap<TopicPartition, i64> = HashMap::new();
+            for r in &records {
+                reached.insert(r.tp.clone(), r.offset + 1);
+                Status::note(&self.status.applied, &r.tp, r.offset + 1);
+            }
+            let n = records.len();
+            let store = self.store.clone();
+            let table = name.clone();
+            let rts = routes.clone();
+            let metrics = self.metrics.clone();
+            tokio::task::spawn_blocking(move || {
+                apply_table_batch(&store, &table, &rts, &records, &metrics)
+            })
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+            self.metrics
+                .table_records
+                .fetch_add(n as u64, Ordering::Relaxed);
+            if !targets.is_empty() {
+                applied += n as i64;
+                targets.retain(|tp, target| reached.get(tp).is_none_or(|r| r < target));
+                if targets.is_empty() {
+                    info!(table = %name, records = applied, "table restored");
+                    let _ = ready.send(true);
+                } else if last_report.elapsed() >= RESTORE_PROGRESS_INTERVAL {
+                    info!(table = %name, applied, of = behind, "restoring table");
+                    last_report = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+type Apply =
+    Arc<dyn Fn(Option<&[u8]>, &[u8]) -> Result<Option<Vec<u8>>, HandlerError> + Send + Sync>;
+
+/// Applies records to a table in one atomic write, with the offsets they reach.
+fn apply_table_batch(
+    store: &runnel_state::Store,
+    table: &str,
+    routes: &HashMap<(&'static str, &'static str), Apply>,
+    records: &[Record],
+    metrics: &Metrics,
+) -> Result<(), Error> {
+    let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    let mut batch = runnel_state::WriteBatch::default();
+    for r in records {
+        batch.set_offset(table, &r.tp.topic, r.tp.partition, r.offset + 1);
+        let Some(key) = r.key.as_deref() else {
+            // As in Kafka Streams, a table ignores records without a key.
+            metrics.table_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Some(value) = r.value.as_deref() else {
+            overlay.insert(key.to_vec(), None);
+            batch.delete(table, key);
+            continue;
+        };
+        let ty = r
+            .header(headers::CE_TYPE)
+            .map(|t| String::from_utf8_lossy(t).into_owned());
+        let apply = match ty {
+            Some(t) => routes
+                .iter()
+                .find(|((topic, ty), _)| *topic == &*r.tp.topic && *ty == t)
+                .map(|(_, a)| a),
+            None => {
+                let mut of_topic = routes
+                    .iter()
+                    .filter(|((topic, _), _)| *topic == &*r.tp.topic);
+                match (of_topic.next(), of_topic.next()) {
+                    (Some((_, a)), None) => Some(a),
+                    _ => None,
+                }
+            }
+        };
+        let Some(apply) = apply else {
+            continue;
+        };
+        let current = match overlay.get(key) {
+            Some(v) => v.clone(),
+            None => store
+                .get(table, key)
+                .map_err(|e| Error::Store(format!("reading table {table}: {e}")))?,
+        };
+        match apply(current.as_deref(), value) {
+            Ok(Some(v)) => {
+                batch.put(table, key, &v);
+                overlay.insert(key.to_vec(), Some(v));
+            }
+            Ok(None) => {
+                batch.delete(table, key);
+                overlay.insert(key.to_vec(), None);
+            }
+            Err(e) => {
+                metrics.table_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(table, tp = %r.tp, offset = r.offset, %e, "a table record cannot be applied; skipped");
+            }
+        }
+    }
+    store
+        .apply(&batch)
+        .map_err(|e| Error::Store(format!("writing table {table}: {e}")))
+}

@@ -1,0 +1,215 @@
+//! The one seam between the runtime and a log: [`Transport`].
+//!
+//! Two implementations are first-class: [`crate::embedded::Embedded`] (in-process, on
+//! `runnel-core` and `runnel-log`) and, with the `kafka` feature, `kafka::Kafka`
+//! (rdkafka, against any Kafka-compatible cluster). The runtime sees only this module's
+//! types, and the conformance suite (`tests/conformance.rs`) runs the same scenarios on
+//! both.
+//!
+//! ## Contract
+//!
+//! - [`Transport::send`] resolves once every record is acknowledged by the log (durable
+//!   on the embedded log; `acks=all` with idempotence on Kafka), and records to one
+//!   partition keep the order given.
+//! - A [`GroupConsumer`] is one member of a consumer group. It delivers the records of
+//!   the partitions assigned to it, in offset order per partition, from the group's
+//!   committed offset (or the log start when there is none). It never commits by
+//!   itself: the runtime commits through [`GroupConsumer::commit`], and only offsets
+//!   whose records were all handled.
+//! - Before partitions move to another member, [`GroupConsumer::next`] returns
+//!   [`Delivery::Revoking`]; the runtime finishes the work it started on them and
+//!   answers with [`GroupConsumer::revoked`], carrying the final offsets to commit. Only
+//!   then does the rebalance go on (Kafka's eager protocol, with the commit in
+//!   `onPartitionsRevoked`).
+//! - A [`Reader`] reads assigned partitions without a group (tables restore from it).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+
+/// A boxed, sendable future: the trait is object-safe so runtimes hold `Arc<dyn Transport>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A topic and a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// `topic`/`partition`.
+    #[must_use]
+    pub fn new(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition {
+            topic: Arc::from(topic),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// One record as a transport delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Where it lives.
+    pub tp: TopicPartition,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Its key; `None` for null.
+    pub key: Option<Bytes>,
+    /// Its value; `None` for null (a tombstone on a compacted topic).
+    pub value: Option<Bytes>,
+    /// Its headers, in order; a header value may be null.
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+impl Record {
+    /// The first header named `name` whose value is not null.
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// A record to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutRecord {
+    /// The topic.
+    pub topic: String,
+    /// The partition; `None` picks one by the key (Kafka's murmur2, so the key lands
+    /// where Java and librdkafka clients put it), or any partition without a key.
+    pub partition: Option<i32>,
+    /// The key.
+    pub key: Option<Vec<u8>>,
+    /// The value; `None` sends a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Where a sent record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
+/// A topic to create when it is missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Its name.
+    pub name: String,
+    /// Partitions when created; an existing topic keeps its own.
+    pub partitions: u32,
+    /// `cleanup.policy=compact`: the latest record per key is kept (tables' sources).
+    pub compacted: bool,
+}
+
+/// What a group member's [`GroupConsumer::next`] hands the runtime.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Records, in offset order within each partition.
+    Records(Vec<Record>),
+    /// These partitions are now this member's; records follow.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are leaving: finish their work, then call
+    /// [`GroupConsumer::revoked`] with their final offsets.
+    Revoking(Vec<TopicPartition>),
+    /// Nothing arrived for a while (the runtime uses it to commit and look around).
+    Idle,
+}
+
+/// How a member joins its group.
+#[derive(Clone, Debug)]
+pub struct MemberOptions {
+    /// The group: the service's name.
+    pub group: String,
+    /// The topics it subscribes to.
+    pub topics: Vec<String>,
+    /// The client id the broker shows (service name and instance).
+    pub client_id: String,
+    /// KIP-345 static membership: a restarted instance with the same id takes its
+    /// partitions back without a rebalance.
+    pub instance_id: Option<String>,
+    /// How long the member may go silent before the group drops it.
+    pub session_timeout: Duration,
+    /// How long a rebalance waits for members to rejoin.
+    pub rebalance_timeout: Duration,
+}
+
+/// One member of a consumer group.
+pub trait GroupConsumer: Send {
+    /// The next delivery; [`Delivery::Idle`] when nothing arrived within about
+    /// `idle`.
+    fn next(&mut self, idle: Duration) -> BoxFuture<'_, Result<Delivery, Error>>;
+
+    /// Commits `offsets` (the next offset to read, per partition) for the group.
+    fn commit(&mut self, offsets: Vec<(TopicPartition, i64)>) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Answers a [`Delivery::Revoking`]: commits the final offsets of the partitions
+    /// that leave (best effort: a rebalance may already have fenced this member), and
+    /// lets the rebalance go on.
+    fn revoked(&mut self, offsets: Vec<(TopicPartition, i64)>) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Leaves the group, so its partitions move at once rather than after the session
+    /// timeout. A consumer that is dropped without `close` behaves like a crashed one.
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+/// Reads partitions directly, without a group.
+pub trait Reader: Send {
+    /// Records from the assigned partitions, or none after about `wait`.
+    fn poll(&mut self, wait: Duration) -> BoxFuture<'_, Result<Vec<Record>, Error>>;
+}
+
+/// A log the runtime can run services on.
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// `embedded` or `kafka`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Creates the topics that are missing.
+    fn ensure_topics<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Each partition's `(log start, high watermark)`, in partition order.
+    fn watermarks<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<(i64, i64)>, Error>>;
+
+    /// Sends records and resolves when the log has acknowledged every one of them.
+    fn send(&self, records: Vec<OutRecord>) -> BoxFuture<'_, Result<Vec<Sent>, Error>>;
+
+    /// A reader of `from`: each partition with the offset to start at.
+    fn reader(&self, from: Vec<(TopicPartition, i64)>) -> Result<Box<dyn Reader>, Error>;
+
+    /// Joins a consumer group.
+    fn subscribe(
+        &self,
+        options: MemberOptions,
+    ) -> BoxFuture<'_, Result<Box<dyn GroupConsumer>, Error>>;
+
+    /// What `group` has committed for `topic`'s partitions (partition, next offset).
+    fn committed<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(i32, i64)>, Error>>;
+}
