@@ -69,6 +69,13 @@ enum Command {
         #[command(subcommand)]
         cmd: tools::group::GroupCommand,
     },
+    /// List a service's dead letters (`<SERVICE>.dlq`) and replay them to their source.
+    Dlq {
+        #[command(flatten)]
+        conn: tools::Connection,
+        #[command(subcommand)]
+        cmd: tools::dlq::DlqCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +221,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Group { conn, cmd }) => {
             return run_tool("group", || tools::group::run_blocking(&conn, cmd));
+        }
+        Some(Command::Dlq { conn, cmd }) => {
+            return run_tool("dlq", || tools::dlq::run(&conn, cmd));
         }
         None => ServeArgs::default_from_env(),
     };

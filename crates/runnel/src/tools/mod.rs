@@ -1,12 +1,13 @@
-//! The operator commands (`runnel topic|produce|consume|group`). Each talks to any
+//! The operator commands (`runnel topic|produce|consume|group|dlq`). Each talks to any
 //! Kafka-compatible broker through librdkafka, so they work against Apache Kafka and
 //! Redpanda as well as Runnel.
 //!
 //! Exit codes: 0 success; 1 the broker refused or could not be reached; 2 bad usage
 //! (clap's code for argument errors, also used for invalid values we check); 3 the topic
-//! or group named does not exist.
+//! or group named does not exist (for `dlq`: the DLQ topic, or a DLQ offset).
 
 pub mod consume;
+pub mod dlq;
 pub mod group;
 pub mod produce;
 pub mod topic;
