@@ -46,7 +46,7 @@
 //!
 //! ## Errors
 //!
-//! Every error is JSON `{"error": code, "message": text}`: unknown paths are 404
+//! Every error is JSON `{"error": message, "code": code}` (the shape of the broker's HTTP API): unknown paths are 404
 //! `no_route`, wrong methods 405 `method_not_allowed` (with `Allow`), and the codes above.
 //!
 //! ## Why `query` and not plain axum handlers
@@ -133,10 +133,6 @@ impl ServiceApi {
 
     /// Reports on `handle` in `/health/ready` (ready once its tables caught up, not
     /// ready once it stopped) and in `/metrics`. Call it once per instance served.
-    ///
-    /// The runtime does not yet share an instance's counters past a borrow of its
-    /// handle, so `/metrics` shows this instance only when registered with
-    /// [`Probe::shared`] through [`ServiceApi::probe`]; readiness works either way.
     #[must_use]
     pub fn health(self, handle: &ServiceHandle) -> ServiceApi {
         self.probe(Probe::of(handle))
@@ -757,7 +753,7 @@ pub struct Probe {
     /// True once ready; a closed channel means the instance stopped.
     ready: watch::Receiver<bool>,
     /// Its Prometheus text, or `None` when it has none to share.
-    metrics: Option<RenderMetrics>,
+    metrics: RenderMetrics,
 }
 
 impl std::fmt::Debug for Probe {
@@ -780,27 +776,15 @@ impl Probe {
         Probe {
             label: label.into(),
             ready,
-            metrics: Some(Arc::new(metrics)),
+            metrics: Arc::new(metrics),
         }
     }
 
-    /// A probe of an instance shared with the server: live readiness and counters.
-    #[must_use]
-    pub fn shared(handle: Arc<ServiceHandle>) -> Probe {
-        let label = label_of(&handle);
-        let ready = handle.ready_watch();
-        Probe::new(label, ready, move || handle.render_metrics())
-    }
-
-    /// A probe of a borrowed instance: live readiness; no metrics, since the runtime
-    /// shares an instance's counters only through its handle.
+    /// A probe of an instance: live readiness and its counters.
     #[must_use]
     pub fn of(handle: &ServiceHandle) -> Probe {
-        Probe {
-            label: label_of(handle),
-            ready: handle.ready_watch(),
-            metrics: None,
-        }
+        let render = handle.metrics_renderer();
+        Probe::new(label_of(handle), handle.ready_watch(), render)
     }
 
     /// Whether it is ready: said so, and not stopped since.
@@ -823,8 +807,8 @@ fn ready(probes: &[Probe]) -> Response {
         return Json(json!({"ready": true})).into_response();
     }
     let body = json!({
-        "error": "not_ready",
-        "message": format!("not ready (tables restoring, or stopped): {}", waiting.join(", ")),
+        "error": format!("not ready (tables restoring, or stopped): {}", waiting.join(", ")),
+        "code": "not_ready",
         "ready": false,
         "not_ready": waiting,
     });
@@ -834,13 +818,7 @@ fn ready(probes: &[Probe]) -> Response {
 fn metrics(probes: &[Probe]) -> Response {
     let mut texts = Vec::with_capacity(probes.len());
     for p in probes {
-        match &p.metrics {
-            Some(render) => texts.push(render()),
-            None => texts.push(format!(
-                "# {}: metrics not shared (register it with Probe::shared)\n",
-                p.label
-            )),
-        }
+        texts.push((p.metrics)());
     }
     let body = merge_metrics(&texts);
     ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response()
@@ -934,9 +912,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The one shape of every error: `{"error": code, "message": text}`.
+/// The one shape of every error: `{"error": message, "code": code}` (the shape of the broker's HTTP API).
 fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
+    (status, Json(json!({"error": message, "code": code}))).into_response()
 }
 
 #[cfg(test)]
@@ -1267,8 +1245,8 @@ mod tests {
         for (ct, body, want, code) in cases {
             let (status, _, v) = call(api(&log), Method::POST, "/orders", ct, &body, &[]).await;
             assert_eq!(status, want, "{ct:?} {v}");
-            assert_eq!(v["error"], code, "{v}");
-            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+            assert_eq!(v["code"], code, "{v}");
+            assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         }
         let (_, v) = post_json(
             api(&log),
@@ -1277,11 +1255,11 @@ mod tests {
         )
         .await;
         assert!(
-            v["message"].as_str().unwrap().contains("invalid type"),
+            v["error"].as_str().unwrap().contains("invalid type"),
             "serde's message: {v}"
         );
         let (_, v) = post_json(api(&log), "/orders", r#"{"order":"o1","amount_cents":0}"#).await;
-        assert_eq!(v["message"], "amount_cents must be positive");
+        assert_eq!(v["error"], "amount_cents must be positive");
         assert!(log.sent().is_empty());
         assert_eq!(log.sends.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
@@ -1298,7 +1276,7 @@ mod tests {
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(
             v,
-            json!({"error": "conflict", "message": "order taken exists"})
+            json!({"error": "order taken exists", "code": "conflict"})
         );
         assert!(log.sent().is_empty());
     }
@@ -1310,9 +1288,9 @@ mod tests {
         let (status, v) =
             post_json(api(&log), "/orders", r#"{"order":"o1","amount_cents":1}"#).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(v["error"], "not_stored");
+        assert_eq!(v["code"], "not_stored");
         assert!(
-            v["message"]
+            v["error"]
                 .as_str()
                 .unwrap()
                 .contains("may or may not be stored"),
@@ -1326,7 +1304,7 @@ mod tests {
         let (status, v) =
             post_json(api(&log), "/orders", r#"{"order":"boom","amount_cents":1}"#).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(v["error"], "internal");
+        assert_eq!(v["code"], "internal");
         assert!(log.sent().is_empty());
     }
 
@@ -1379,18 +1357,18 @@ mod tests {
         assert_eq!(v, json!({"order": "o1", "verbose": "yes"}));
         let (status, _, v) = call(api(&log), Method::GET, "/orders/o2", None, "", &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(v, json!({"error": "not_found", "message": "no order o2"}));
+        assert_eq!(v, json!({"error": "no order o2", "code": "not_found"}));
         let (status, _, v) = call(api(&log), Method::GET, "/page?limit=5", None, "", &[]).await;
         assert_eq!((status, v), (StatusCode::OK, json!({"limit": 5})));
         let (status, _, v) = call(api(&log), Method::GET, "/page?limit=many", None, "", &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(v["error"], "bad_request");
+        assert_eq!(v["code"], "bad_request");
         let (status, _, v) = call(api(&log), Method::GET, "/wrong/x", None, "", &[]).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(v["error"], "no_such_parameter");
+        assert_eq!(v["code"], "no_such_parameter");
         let (status, _, v) = call(api(&log), Method::GET, "/panics", None, "", &[]).await;
         assert_eq!(
-            (status, &v["error"]),
+            (status, &v["code"]),
             (StatusCode::INTERNAL_SERVER_ERROR, &json!("internal"))
         );
     }
@@ -1400,14 +1378,14 @@ mod tests {
         let log = Arc::new(FakeLog::default());
         let (status, _, v) = call(api(&log), Method::GET, "/nope", None, "", &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(v["error"], "no_route");
+        assert_eq!(v["code"], "no_route");
         let (status, headers, v) = call(api(&log), Method::GET, "/orders", None, "", &[]).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(v["error"], "method_not_allowed");
+        assert_eq!(v["code"], "method_not_allowed");
         assert_eq!(headers.get("allow").unwrap(), "POST");
         let (status, _, v) = call(api(&log), Method::DELETE, "/health/live", None, "", &[]).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(v["error"], "method_not_allowed");
+        assert_eq!(v["code"], "method_not_allowed");
     }
 
     #[tokio::test]
@@ -1432,7 +1410,7 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         let (status, _, v) = call(router, Method::GET, "/echo", None, "", &[]).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(v["error"], "method_not_allowed");
+        assert_eq!(v["code"], "method_not_allowed");
     }
 
     #[tokio::test]
@@ -1447,7 +1425,7 @@ mod tests {
         let get_ready = || call(router.clone(), Method::GET, "/health/ready", None, "", &[]);
         let (status, _, v) = get_ready().await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(v["error"], "not_ready");
+        assert_eq!(v["code"], "not_ready");
         assert_eq!(v["not_ready"], json!(["orders/a"]));
         a_tx.send(true).unwrap();
         let (status, _, v) = get_ready().await;

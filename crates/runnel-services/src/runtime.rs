@@ -333,6 +333,14 @@ impl ServiceHandle {
         self.metrics.snapshot()
     }
 
+    /// Renders its counters in Prometheus' text format, for as long as anyone asks (an
+    /// HTTP server may outlive the handle).
+    pub fn metrics_renderer(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let metrics = self.metrics.clone();
+        let (name, instance) = (self.name.clone(), self.instance.clone());
+        move || metrics.render(&name, &instance)
+    }
+
     /// Its counters in Prometheus' text format.
     #[must_use]
     pub fn render_metrics(&self) -> String {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use runnel_services::http::BODY_BYTES_MAX;
 use runnel_services::{
-    Accepted, Command, CommandError, Emitter, HandlerError, Probe, Runtime, Service, ServiceApi,
-    Table, TableRef, TestRuntime, event, headers,
+    Accepted, Command, CommandError, Emitter, HandlerError, Runtime, Service, ServiceApi, Table,
+    TableRef, TestRuntime, event, headers,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -225,10 +225,10 @@ async fn commands_queries_and_health_over_tcp_on_the_embedded_log() {
     for (ct, body, want, code) in refusals {
         let (status, _, body) = http(addr, "POST", "/customers", ct, body.as_bytes()).await;
         let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!((status, v["error"].as_str()), (want, Some(code)), "{v}");
+        assert_eq!((status, v["code"].as_str()), (want, Some(code)), "{v}");
     }
     let (status, v) = json_call(addr, "POST", "/customers", r#"{"id":"","email":"a@x"}"#).await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("bad_request")));
+    assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")));
     assert_eq!(
         t.records("customers").await.unwrap().len(),
         1,
@@ -242,10 +242,7 @@ async fn commands_queries_and_health_over_tcp_on_the_embedded_log() {
     let (status, v) = json_call(addr, "GET", "/customers/c2", "").await;
     assert_eq!(
         (status, v),
-        (
-            404,
-            json!({"error": "not_found", "message": "no customer c2"})
-        )
+        (404, json!({"error": "no customer c2", "code": "not_found"}))
     );
     assert_eq!(
         t.events::<WelcomeSent>().await.unwrap().len(),
@@ -255,7 +252,7 @@ async fn commands_queries_and_health_over_tcp_on_the_embedded_log() {
 
     // The rest of the surface.
     let (status, v) = json_call(addr, "GET", "/nowhere", "").await;
-    assert_eq!((status, v["error"].as_str()), (404, Some("no_route")));
+    assert_eq!((status, v["code"].as_str()), (404, Some("no_route")));
     let (status, headers, _) = http(addr, "DELETE", "/customers", None, b"").await;
     assert_eq!(status, 405);
     assert!(
@@ -306,7 +303,7 @@ async fn ready_follows_a_table_restore_and_metrics_show_the_instance() {
     let runtime = Runtime::new(t.transport().clone()).state_dir(t.dir().join("audit"));
     let handle = Arc::new(runtime.start(audit, "0").await.unwrap());
     let bound = ServiceApi::new(t.transport().clone(), "audit")
-        .probe(Probe::shared(handle.clone()))
+        .health(&handle)
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
