@@ -1,6 +1,6 @@
 //! Handlers are plain `async fn`s whose arguments are typed extractors, as in axum.
 //!
-//! ```ignore
+//! ```text
 //! async fn notify(
 //!     order: OrderCreated,              // the event, decoded (any `Event`)
 //!     meta: Meta,                       // its metadata: id, type, partition, offset, trace

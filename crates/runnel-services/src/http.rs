@@ -1,6 +1,6 @@
 //! The HTTP face of a service: commands in, queries out, health and metrics.
 //!
-//! ```ignore
+//! ```text
 //! let api = ServiceApi::new(transport, "orders")
 //!     .health(&handle)                                   // /health/ready, /metrics
 //!     .command::<PlaceOrder, _, _>("/orders", |cmd, out| async move {

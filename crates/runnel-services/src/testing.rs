@@ -8,7 +8,7 @@
 //! the virtual clock that retries and parking follow, and read back tables, emitted
 //! events and dead letters.
 //!
-//! ```ignore
+//! ```text
 //! let mut t = TestRuntime::embedded().await?;
 //! let n = t.start(notifications()).await?;          // waits until ready
 //! t.publish(&CustomerUpdated { .. }).await?;
