@@ -70,8 +70,8 @@
 //! fjall, an LSM tree, was tried behind this same API and passed every test here,
 //! including the SIGKILL and model tests. It was not adopted because it did not win by the
 //! margin a second on-disk format and a directory of files would have to earn (3x on
-//! scattered keys). `tests/throughput.rs`, 300 batches of 1,000 100-byte upserts, both
-//! engines interleaved, four rounds each on the 2-core machine (under a load average of
+//! scattered keys). `benches/store.rs` (`cargo bench -p runnel-state --bench store`):
+//! 300 batches of 1,000 100-byte upserts, both engines interleaved, four rounds each on the 2-core machine (under a load average of
 //! about 3.5 from other builds, so rounds vary):
 //!
 //! | upserts per second                  | redb 4.1          | fjall 2.11        |

@@ -1,16 +1,12 @@
-//! A measurement, not a benchmark: how many 100-byte upserts per second `apply` reaches
-//! with batches of 1,000, for two shapes of table. It prints and asserts nothing about
-//! time. Run it with
+//! How many 100-byte upserts per second `apply` reaches with batches of 1,000, for two
+//! shapes of table. It prints figures and asserts nothing about time:
 //!
 //! ```text
-//! cargo test -p runnel-state --release --test throughput -- --ignored --nocapture --test-threads=1
+//! cargo bench -p runnel-state --bench store
 //! ```
-
-mod common;
 
 use std::time::Instant;
 
-use common::TempDir;
 use runnel_state::{Store, WriteBatch};
 
 const BATCH_OPS: u64 = 1_000;
@@ -20,8 +16,10 @@ const VALUE_BYTES: usize = 100;
 /// Applies `BATCHES` batches of `BATCH_OPS` upserts whose keys are scattered over `keys`
 /// distinct keys, as a hash-partitioned topic would spread them, and prints the rate.
 fn measure(label: &str, keys: u64) {
-    let dir = TempDir::new("throughput");
-    let store = Store::open(dir.path().join("state.redb")).unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("runnel-state-bench-{}-{keys}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(dir.join("state.redb")).unwrap();
     let value = [0x42u8; VALUE_BYTES];
     let mut batch = WriteBatch::new();
     let started = Instant::now();
@@ -43,18 +41,14 @@ fn measure(label: &str, keys: u64) {
         BATCHES as f64 / elapsed.as_secs_f64(),
         store.len("table").unwrap(),
     );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A large table: the second half of the run mostly replaces values written in the first.
-#[test]
-#[ignore = "a measurement; run explicitly with --release --ignored --nocapture"]
-fn upserts_per_second_scattered_over_150000_keys() {
+fn main() {
+    // A large table: the second half of the run mostly replaces values written in the
+    // first.
     measure("scattered, 150,000 keys", 150_000);
-}
-
-/// The usual table shape: a few thousand entities, each updated again and again.
-#[test]
-#[ignore = "a measurement; run explicitly with --release --ignored --nocapture"]
-fn upserts_per_second_over_10000_keys() {
+    // The usual table shape: a few thousand entities, each updated again and again.
     measure("small key space, 10,000 keys", 10_000);
 }
