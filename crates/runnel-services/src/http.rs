@@ -21,7 +21,7 @@
 //! | GET | `/health/live` | 200 `{"live": true}` while the server runs |
 //! | GET | `/health/ready` | 200 `{"ready": true}` once every registered instance is ready (its tables caught up); else 503 naming the others |
 //! | GET | `/metrics` | every registered instance's counters, Prometheus text |
-//! | POST | a [`ServiceApi::command`] path | 202 `{"id", "ids", ..}` after the events are stored |
+//! | POST (or PUT, PATCH, DELETE with [`ServiceApi::command_with`]) | a command path | 202 `{"id", "ids", ..}` after the events are stored |
 //! | GET | a [`ServiceApi::query`] path | 200 with the query's JSON |
 //!
 //! ## A command's life
@@ -68,7 +68,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query};
 use axum::http::header::{CONTENT_TYPE, HeaderMap};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -161,19 +161,60 @@ impl ServiceApi {
     /// If `path` is not a valid axum path or already has a POST route: a bug in the
     /// service's wiring, found at start.
     #[must_use]
-    pub fn command<C, F, Fut>(mut self, path: &str, f: F) -> ServiceApi
+    pub fn command<C, F, Fut>(self, path: &str, f: F) -> ServiceApi
     where
         C: Command,
         F: Fn(C, Outbox) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Accepted, CommandError>> + Send + 'static,
     {
+        self.command_with(CommandMethod::Post, path, move |c, _, out| f(c, out))
+    }
+
+    /// A command on `method` whose function also sees the path and query parameters:
+    /// `PUT /customers/{id}`, `POST /orders/{id}/payment`. Otherwise as
+    /// [`ServiceApi::command`].
+    ///
+    /// # Panics
+    ///
+    /// If `path` is not a valid axum path or already has a route for `method`.
+    #[must_use]
+    pub fn command_with<C, F, Fut>(mut self, method: CommandMethod, path: &str, f: F) -> ServiceApi
+    where
+        C: Command,
+        F: Fn(C, QueryInput, Outbox) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Accepted, CommandError>> + Send + 'static,
+    {
         let shared = self.shared.clone();
         let route: Arc<str> = Arc::from(path);
-        let handler = move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
+        let handler = move |params: Result<Path<HashMap<String, String>>, PathRejection>,
+                            query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+                            uri: Uri,
+                            headers: HeaderMap,
+                            body: Result<Bytes, BytesRejection>| {
             let (shared, route, f) = (shared.clone(), route.clone(), f.clone());
-            async move { run_command::<C, F, Fut>(shared, route, f, headers, body).await }
+            async move {
+                let input = match (params, query) {
+                    (Ok(Path(path)), Ok(Query(query))) => QueryInput { path, query, uri },
+                    (Err(e), _) => return ApiError::bad_request(e.body_text()).into_response(),
+                    (_, Err(e)) => return ApiError::bad_request(e.body_text()).into_response(),
+                };
+                run_command::<C, _, Fut>(
+                    shared,
+                    route,
+                    move |c, out| f(c, input, out),
+                    headers,
+                    body,
+                )
+                .await
+            }
         };
-        self.router = self.router.route(path, post(handler));
+        let routed = match method {
+            CommandMethod::Post => post(handler),
+            CommandMethod::Put => put(handler),
+            CommandMethod::Patch => patch(handler),
+            CommandMethod::Delete => delete(handler),
+        };
+        self.router = self.router.route(path, routed);
         self
     }
 
@@ -579,7 +620,7 @@ async fn run_command<C, F, Fut>(
 ) -> Response
 where
     C: Command,
-    F: Fn(C, Outbox) -> Fut + Send + Sync + 'static,
+    F: FnOnce(C, Outbox) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Accepted, CommandError>> + Send + 'static,
 {
     if !is_json(&headers) {
@@ -645,6 +686,19 @@ where
             .into_response()
         }
     }
+}
+
+/// The HTTP methods a command can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandMethod {
+    /// `POST`: create, or an action (`/orders`, `/orders/{id}/payment`).
+    Post,
+    /// `PUT`: set a whole resource (`/customers/{id}`).
+    Put,
+    /// `PATCH`: change part of a resource.
+    Patch,
+    /// `DELETE`: remove a resource.
+    Delete,
 }
 
 /// Sends a command's events; refuses more than [`EVENTS_PER_COMMAND_MAX`].
@@ -1173,6 +1227,46 @@ mod tests {
         let t1 = TraceParent::parse(header(&sent[1], headers::TRACEPARENT)).unwrap();
         assert_eq!(t0.trace_id(), t1.trace_id());
         assert_ne!(t0.parent_id(), t1.parent_id());
+    }
+
+    #[tokio::test]
+    async fn commands_take_other_methods_and_see_the_path() {
+        let log = Arc::new(FakeLog::default());
+        let router = ServiceApi::new(log.clone(), "orders")
+            .command_with::<Pay, _, _>(
+                CommandMethod::Put,
+                "/orders/{id}/payment",
+                |cmd, q, _out| async move {
+                    let id = q.param("id")?.to_string();
+                    Ok(Accepted::with_status(
+                        200,
+                        json!({"order": id, "paid": cmd.cents < 1000}),
+                    ))
+                },
+            )
+            .router();
+        let (status, _, body) = call(
+            router.clone(),
+            Method::PUT,
+            "/orders/o7/payment",
+            Some("application/json"),
+            r#"{"cents":5}"#,
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["order"], "o7");
+        assert_eq!(body["paid"], true);
+        let (status, _, body) = call(
+            router,
+            Method::POST,
+            "/orders/o7/payment",
+            Some("application/json"),
+            r#"{"cents":5}"#,
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     }
 
     #[tokio::test]

@@ -144,7 +144,9 @@ pub use trace::TraceParent;
 
 pub use embedded::{Embedded, EmbeddedConfig};
 pub use handler::{Context, Emitter, FromContext, Handler, Meta, State, event_record};
-pub use http::{Accepted, Bound, CommandError, Outbox, Probe, QueryInput, ServiceApi};
+pub use http::{
+    Accepted, Bound, CommandError, CommandMethod, Outbox, Probe, QueryInput, ServiceApi,
+};
 #[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaConfig};
 pub use metrics::{Metrics, Snapshot};
