@@ -2,6 +2,8 @@
 //! the broker on the defaults.
 
 mod bench;
+mod demo;
+mod example;
 mod histogram;
 mod tools;
 
@@ -69,6 +71,10 @@ enum Command {
         #[command(subcommand)]
         cmd: tools::group::GroupCommand,
     },
+    /// Run one service of the reference system (the essays' shop, coffee shop, family).
+    Example(example::ExampleArgs),
+    /// Run the essays' systems as separate processes and tell their stories.
+    Demo(demo::DemoArgs),
     /// List a service's dead letters (`<SERVICE>.dlq`) and replay them to their source.
     Dlq {
         #[command(flatten)]
@@ -224,6 +230,14 @@ fn main() -> ExitCode {
         }
         Some(Command::Dlq { conn, cmd }) => {
             return run_tool("dlq", || tools::dlq::run(&conn, cmd));
+        }
+        Some(Command::Demo(args)) => {
+            init_tracing("warn");
+            return demo::run(args);
+        }
+        Some(Command::Example(args)) => {
+            init_tracing(&args.log_level);
+            return example::run(args);
         }
         None => ServeArgs::default_from_env(),
     };
