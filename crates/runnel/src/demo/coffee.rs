@@ -175,6 +175,11 @@ pub fn run(stage: &Stage) -> anyhow::Result<Story> {
         "a declined payment for a drink already made is written off",
         wrote_off,
     );
+    let lag = stage.lag_caught_up("barista", &["coffee.orders"], Duration::from_secs(20));
+    s.check(
+        format!("the baristas caught up with the queue: lag {lag}"),
+        lag == 0,
+    );
     drop(b2);
     s.note(format!("orders placed: {}", placed.len() + 1));
     s.note(format!(

@@ -143,6 +143,11 @@ pub fn run(stage: &Stage) -> anyhow::Result<Story> {
         "a subscriber added later acts on new facts",
         grandma_refilled && gr["refilled"].as_u64() == Some(0),
     );
+    let lag = stage.lag_caught_up("grandma", &["cup"], Duration::from_secs(20));
+    s.check(
+        format!("grandma caught up with the whole history: lag {lag}"),
+        lag == 0,
+    );
     let c = cup(&daughter);
     s.note(format!("the cup was empty {} times", c["seq"]));
     s.note(format!(

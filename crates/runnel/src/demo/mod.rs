@@ -135,9 +135,46 @@ pub struct Stage {
     /// The broker's address.
     pub bootstrap: String,
     dir: PathBuf,
+    /// A client of the broker, for the lag figures.
+    kafka: std::sync::Arc<runnel_services::Kafka>,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Stage {
+    /// Waits until `group` has committed everything in `topics` (lag 0), up to `wait`;
+    /// returns the lag it last saw.
+    pub fn lag_caught_up(&self, group: &str, topics: &[&str], wait: Duration) -> i64 {
+        use runnel_services::Transport;
+        let lag = || -> i64 {
+            self.rt.block_on(async {
+                let mut total = 0;
+                for t in topics {
+                    let Ok(wm) = self.kafka.watermarks(t).await else {
+                        return i64::MAX;
+                    };
+                    let Ok(committed) = self.kafka.committed(group, t).await else {
+                        return i64::MAX;
+                    };
+                    for (p, (lo, hi)) in wm.iter().enumerate() {
+                        let at = committed
+                            .iter()
+                            .find(|(cp, _)| *cp as usize == p)
+                            .map_or(*lo, |(_, o)| *o);
+                        total += (hi - at).max(0);
+                    }
+                }
+                total
+            })
+        };
+        let mut last = lag();
+        let deadline = Instant::now() + wait;
+        while last != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            last = lag();
+        }
+        last
+    }
+
     /// Starts `runnel example SERVICE` as its own process and waits until it serves.
     pub fn service(
         &self,
@@ -251,9 +288,18 @@ fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
             addr
         }
     };
+    let mut config = runnel_services::KafkaConfig::new(bootstrap.clone());
+    config.client_id_prefix = "runnel-demo".into();
+    let kafka = runnel_services::Kafka::connect(config).context("connecting to the broker")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the lag figures")?;
     let stage = Stage {
         bootstrap,
         dir: dir.clone(),
+        kafka,
+        rt,
     };
     let mut stories = Vec::new();
     let all = args.scenario == "all";

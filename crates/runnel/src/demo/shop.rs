@@ -161,6 +161,13 @@ pub fn run(stage: &Stage) -> anyhow::Result<Story> {
         "loyalty saw every one of ada's orders (fan-out)",
         points.body["orders"].as_u64().map(|n| n as usize) == Some(ada_orders),
     );
+    // Customers feed notifications' table, not its group: the group reads orders.
+    let lag_n = stage.lag_caught_up("notifications", &["orders"], Duration::from_secs(20));
+    let lag_l = stage.lag_caught_up("loyalty", &["orders"], Duration::from_secs(20));
+    s.check(
+        format!("notifications and loyalty caught up: lag {lag_n} and {lag_l}"),
+        lag_n == 0 && lag_l == 0,
+    );
     s.note(format!("orders placed: {}", placed.len()));
     s.note(format!("notifications sent: {count} (each order once)"));
     s.note("services killed and restarted: notifications, customers");
