@@ -5,6 +5,10 @@
 //! Every reader steps by a batch's *end* (`baseOffset + lastOffsetDelta + 1`), never by
 //! the last record's offset + 1: the cleaner may have removed a batch's last records,
 //! and a reader that restarted at the last record kept would read it again, forever.
+//!
+//! Records read here are slices of the buffer they were read into ([`records_in`]): a
+//! key, value or header value costs a reference count, not an allocation and a copy.
+//! The walk stays bounds-checked; only what it accepted is sliced.
 
 use bytes::Bytes;
 use runnel_log::batch::{BatchHeader, HEADER_BYTES};
@@ -31,8 +35,13 @@ pub struct StoredRecord {
 /// 3 lz4, 4 zstd); `None` if it cannot be.
 #[must_use]
 pub fn decompress(codec: u8, payload: &[u8]) -> Option<Bytes> {
+    decompress_bytes(codec, Bytes::copy_from_slice(payload))
+}
+
+/// [`decompress`] of a payload already in a `Bytes` (a slice of a read), without copying
+/// it first.
+fn decompress_bytes(codec: u8, mut input: Bytes) -> Option<Bytes> {
     use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    let mut input = Bytes::copy_from_slice(payload);
     let all = |b: &mut Bytes| Ok(b.split_to(b.len()));
     let out = match codec {
         1 => Gzip::decompress(&mut input, all),
@@ -49,58 +58,65 @@ pub fn decompress(codec: u8, payload: &[u8]) -> Option<Bytes> {
 /// the next read starts. That is the batch's end, not the last record's offset + 1,
 /// because compaction may have removed a batch's last records. A batch that cannot be
 /// read ends the list there.
+///
+/// Copies `bytes` once; [`records_in`] takes them as `Bytes` and copies nothing.
 #[must_use]
 pub fn records_of(bytes: &[u8], from: i64) -> (Vec<StoredRecord>, i64) {
+    records_in(&Bytes::copy_from_slice(bytes), from)
+}
+
+/// [`records_of`] without copying: every key, value and header value is a slice of
+/// `bytes` (or of the decompressed payload of its batch), so the records keep that
+/// buffer alive until the last of them is dropped. Header names are copied (they are
+/// `String`s, and short).
+#[must_use]
+pub fn records_in(bytes: &Bytes, from: i64) -> (Vec<StoredRecord>, i64) {
     let mut out = Vec::new();
     let mut next = from;
-    let mut rest = bytes;
-    while let Ok(h) = BatchHeader::parse(rest) {
-        let end = (h.total_bytes() as usize).min(rest.len());
-        let payload = &rest[HEADER_BYTES.min(end)..end];
-        let decompressed;
-        let records: &[u8] = match h.compression() {
+    let mut at = 0;
+    while let Ok(h) = BatchHeader::parse(&bytes[at..]) {
+        let end = at + (h.total_bytes() as usize).min(bytes.len() - at);
+        let payload = bytes.slice((at + HEADER_BYTES).min(end)..end);
+        let records = match h.compression() {
             0 => payload,
-            codec => match decompress(codec, payload) {
-                Some(d) => {
-                    decompressed = d;
-                    &decompressed
-                }
+            codec => match decompress_bytes(codec, payload) {
+                Some(d) => d,
                 None => break,
             },
         };
         let base = h.base_offset().0 as i64;
-        let mut batch = Vec::new();
-        let walked = walk_records(records, h.record_count().max(0) as u32, |r| {
+        // Records of a batch that turns out to be bad are taken back out.
+        let kept = out.len();
+        let slice = |s: &[u8]| records.slice_ref(s);
+        let walked = walk_records(&records, h.record_count().max(0) as u32, |r| {
             let offset = base + i64::from(r.offset_delta);
             if offset < from {
                 return;
             }
-            batch.push(StoredRecord {
+            // The walk checked the header count against the bytes there.
+            let mut headers = Vec::with_capacity(r.header_count as usize);
+            headers.extend(
+                r.headers()
+                    .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.map(slice))),
+            );
+            out.push(StoredRecord {
                 offset,
                 timestamp: if h.is_log_append_time() {
                     h.max_timestamp()
                 } else {
                     h.base_timestamp().saturating_add(r.timestamp_delta)
                 },
-                key: r.key.map(Bytes::copy_from_slice),
-                value: r.value.map(Bytes::copy_from_slice),
-                headers: r
-                    .headers()
-                    .map(|(k, v)| {
-                        (
-                            String::from_utf8_lossy(k).into_owned(),
-                            v.map(Bytes::copy_from_slice),
-                        )
-                    })
-                    .collect(),
+                key: r.key.map(slice),
+                value: r.value.map(slice),
+                headers,
             });
         });
         if walked.is_err() {
+            out.truncate(kept);
             break;
         }
-        out.extend(batch);
         next = next.max(h.last_offset().0 as i64 + 1);
-        rest = &rest[end..];
+        at = end;
     }
     (out, next)
 }
@@ -139,7 +155,8 @@ pub fn read(
         if read.bytes.is_empty() {
             return Ok((Vec::new(), next));
         }
-        let (records, end) = records_of(&read.bytes, from);
+        // The records are slices of this one buffer: no copy per key, value or header.
+        let (records, end) = records_in(&Bytes::from(read.bytes), from);
         if !records.is_empty() || end <= next {
             return Ok((records, end.max(next)));
         }
@@ -168,6 +185,15 @@ mod tests {
         assert_eq!(all[1].value, None);
         assert_eq!((all[2].offset, all[2].timestamp), (2, 2_000));
         assert_eq!(records_of(&a, 1).0.len(), 2);
+        let whole = Bytes::from(a.clone());
+        let (sliced, _) = records_in(&whole, 0);
+        assert_eq!(sliced, all);
+        let inside = whole.as_ptr_range();
+        let key = sliced[0].key.as_ref().unwrap();
+        assert!(
+            inside.contains(&key.as_ptr()),
+            "keys are slices of the read buffer, not copies"
+        );
         assert_eq!(
             records_of(&a[..70], 0),
             (Vec::new(), 0),

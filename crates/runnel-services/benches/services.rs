@@ -3,9 +3,18 @@
 //!
 //! ```sh
 //! cargo bench -p runnel-services --bench services                    # embedded
+//! cargo build --release -p runnel                                    # for the kafka raw rate
 //! cargo bench -p runnel-services --bench services --features kafka   # and kafka
 //! RUNNEL_BENCH_EVENTS=200000 cargo bench -p runnel-services --bench services
+//! RUNNEL_BENCH_CASES=noop,table cargo bench ...                      # some cases only
 //! ```
+//!
+//! Raw rates: on the embedded transport, the transport's own `Reader` reading every
+//! record once; on the kafka transport, the real `runnel bench consume` (librdkafka)
+//! against a Runnel broker started in this process, run as a child process
+//! (`target/release/runnel`, or `RUNNEL_BIN`). A handler case ends when every event was
+//! handled (`handled` in the instance's metrics; commits follow within 500 ms), a table
+//! case when every event was applied to the table.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,21 +92,15 @@ async fn raw_read(t: &dyn Transport, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn run_service(rt: &Runtime, t: &dyn Transport, svc: Service, n: u64, table: bool) -> f64 {
+async fn run_service(rt: &Runtime, svc: Service, n: u64, table: bool) -> f64 {
     let start = Instant::now();
     let h = rt.start(svc, "bench").await.unwrap();
     loop {
+        let m = h.metrics();
         let done = if table {
-            h.metrics().table_records >= n
+            m.table_records >= n
         } else {
-            let committed: i64 = t
-                .committed(h.name(), "ticks")
-                .await
-                .unwrap()
-                .iter()
-                .map(|(_, o)| o)
-                .sum();
-            committed >= n as i64
+            m.handled >= n
         };
         if done {
             break;
@@ -114,11 +117,11 @@ async fn run_service(rt: &Runtime, t: &dyn Transport, svc: Service, n: u64, tabl
     rate
 }
 
-fn report(transport: &str, n: u64, raw: f64, noop: f64, table: f64) {
+fn report(transport: &str, raw_what: &str, n: u64, raw: f64, noop: f64, table: f64) {
     println!(
         "transport {transport}: {n} events of ~100 bytes, {PARTITIONS} partitions, {KEYS} keys"
     );
-    println!("  raw read            {raw:>12.0} events/s   1.00");
+    println!("  {raw_what:<19} {raw:>12.0} events/s   1.00");
     println!(
         "  no-op handler       {noop:>12.0} events/s   {:.2} of raw",
         noop / raw
@@ -129,36 +132,54 @@ fn report(transport: &str, n: u64, raw: f64, noop: f64, table: f64) {
     );
 }
 
+/// The no-op handler and the table upsert on `rt`: their rates, 0 for a case left out.
+async fn handler_cases(rt: &Runtime, n: u64) -> (f64, f64) {
+    let mut noop_rate = 0.0;
+    if case("noop") {
+        let svc = Service::new("bench-noop")
+            .on::<Tick, _>(noop)
+            .concurrency(256);
+        noop_rate = run_service(rt, svc, n, false).await;
+    }
+    let mut table_rate = 0.0;
+    if case("table") {
+        let svc = Service::new("bench-table")
+            .table(Table::<Last>::named("last").upsert::<Tick>(|e| Some(Last { n: e.n })));
+        table_rate = run_service(rt, svc, n, true).await;
+    }
+    (noop_rate, table_rate)
+}
+
 async fn embedded(n: u64) {
     let dir = std::env::temp_dir().join(format!("runnel-bench-services-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let e = Embedded::open(EmbeddedConfig::new(dir.join("log"))).unwrap();
     let t: Arc<dyn Transport> = e.clone();
     fill(&*t, n).await;
-    let raw = raw_read(&*t, n).await;
+    let raw = if case("raw") {
+        raw_read(&*t, n).await
+    } else {
+        0.0
+    };
     let rt = Runtime::new(t.clone()).state_dir(dir.join("state"));
-    let noop = run_service(
-        &rt,
-        &*t,
-        Service::new("bench-noop")
-            .on::<Tick, _>(noop)
-            .concurrency(256),
-        n,
-        false,
-    )
-    .await;
-    let table = run_service(
-        &rt,
-        &*t,
-        Service::new("bench-table")
-            .table(Table::<Last>::named("last").upsert::<Tick>(|e| Some(Last { n: e.n }))),
-        n,
-        true,
-    )
-    .await;
-    report("embedded", n, raw, noop, table);
+    let (noop, table) = handler_cases(&rt, n).await;
+    report("embedded", "raw read (Reader)", n, raw, noop, table);
     e.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether `name` (a transport or a case) is to run: all unless `RUNNEL_BENCH_CASES`
+/// lists some.
+fn case(name: &str) -> bool {
+    std::env::var("RUNNEL_BENCH_CASES").map_or(true, |v| {
+        let listed: Vec<&str> = v.split(',').collect();
+        let transports = ["embedded", "kafka"];
+        let lists_kind = |kinds: &[&str]| listed.iter().any(|c| kinds.contains(c));
+        // A list of only cases runs them on every transport, and the other way round.
+        listed.contains(&name)
+            || (transports.contains(&name) && !lists_kind(&transports))
+            || (!transports.contains(&name) && !lists_kind(&["raw", "noop", "table"]))
+    })
 }
 
 fn main() {
@@ -167,5 +188,72 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(embedded(n));
+    if case("embedded") {
+        rt.block_on(embedded(n));
+    }
+    #[cfg(feature = "kafka")]
+    if case("kafka") {
+        rt.block_on(kafka(n));
+    }
+}
+
+/// The broker the kafka tests start, in this process.
+#[cfg(feature = "kafka")]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+#[cfg(feature = "kafka")]
+async fn kafka(n: u64) {
+    let broker = common::TestBroker::start("bench");
+    let k = broker.kafka();
+    let t: Arc<dyn Transport> = k.clone();
+    fill(&*t, n).await;
+    let raw = if case("raw") {
+        bench_consume(&broker.addr.to_string(), n)
+    } else {
+        0.0
+    };
+    let rt = Runtime::new(t.clone()).state_dir(broker.dir.0.join("state"));
+    let (noop, table) = handler_cases(&rt, n).await;
+    report("kafka", "raw bench consume", n, raw, noop, table);
+    drop(rt);
+    drop(t);
+    drop(k);
+    drop(broker);
+}
+
+/// `runnel bench consume` of the whole topic: its msgs/s.
+#[cfg(feature = "kafka")]
+fn bench_consume(bootstrap: &str, n: u64) -> f64 {
+    let bin = std::env::var("RUNNEL_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/runnel").to_string()
+    });
+    let out = std::process::Command::new(&bin)
+        .args([
+            "bench",
+            "consume",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            "ticks",
+        ])
+        .args(["--count", &n.to_string(), "--duration", "600"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin} (cargo build --release -p runnel): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{bin} bench consume: {text}");
+    // "consumed N messages, ... MB/s, R msgs/s; ..."
+    let rate = text
+        .split(" msgs/s")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {text:?}"));
+    let consumed: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(consumed, n, "bench consume read everything: {text}");
+    rate
 }

@@ -14,7 +14,7 @@
 //! learns of a rebalance, the next [`GroupConsumer::next`] returns
 //! [`Delivery::Revoking`] with every owned partition (eager rebalancing).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +36,12 @@ use crate::transport::{
 
 /// Bytes read from one partition per poll.
 const READ_BYTES_MAX: usize = 1 << 20;
-/// Records handed over per delivery, across partitions.
+/// Records handed over per delivery of a group consumer, across partitions: the
+/// runtime's worker takes them in at once, and pauses fetching above its own limit.
 const DELIVERY_RECORDS_MAX: usize = 4_096;
+/// Records handed over per poll of a [`Reader`] (table restores): the feeder gathers
+/// polls into one store write, so fewer, larger polls cost less per record.
+const READER_RECORDS_MAX: usize = 16_384;
 /// JoinGroup/SyncGroup round trips before giving up on a join.
 const JOIN_ATTEMPTS_MAX: usize = 50;
 /// The assignor this transport's members speak.
@@ -254,7 +258,7 @@ impl Transport for Embedded {
                 .map_err(|e| log_error(&format!("reading {tp}"), &e))?;
             parts.push(Fetching::new(tp, p, offset));
         }
-        Ok(Box::new(EmbeddedReader { parts }))
+        Ok(Box::new(EmbeddedReader { parts, rotate: 0 }))
     }
 
     fn subscribe(
@@ -270,6 +274,7 @@ impl Transport for Embedded {
                 generation: -1,
                 joined: false,
                 owned: Vec::new(),
+                rotate: 0,
                 rebalance: Arc::new(Signal::default()),
                 heartbeat: None,
             };
@@ -296,12 +301,19 @@ impl Transport for Embedded {
     }
 }
 
-/// One partition being read: where, and the next offset.
+/// One partition being read: where, the next offset to read from the log, and what was
+/// read but not yet handed over.
 #[derive(Debug)]
 struct Fetching {
     tp: TopicPartition,
     partition: Arc<Partition>,
+    /// The offset the next read of the log starts at: after the last batch read.
     next: i64,
+    /// Records read and not yet handed over, in offset order. A read returns whole
+    /// batches up to `READ_BYTES_MAX`, often more than a delivery has room for; the rest
+    /// waits here rather than being decoded again by the next read. They are slices of
+    /// the read buffer, so holding them costs that buffer, not a copy.
+    buffered: VecDeque<Record>,
     /// Wakes when the high watermark moves.
     hw: watch::Receiver<runnel_log::Offset>,
 }
@@ -313,12 +325,23 @@ impl Fetching {
             tp,
             partition,
             next,
+            buffered: VecDeque::new(),
             hw,
         }
     }
 
     /// Records from `next` on, up to `room`.
     fn fetch(&mut self, room: usize, out: &mut Vec<Record>) -> Result<(), Error> {
+        if self.buffered.is_empty() {
+            self.read()?;
+        }
+        let take = room.min(self.buffered.len());
+        out.extend(self.buffered.drain(..take));
+        Ok(())
+    }
+
+    /// Reads the next batches of the log into `buffered`.
+    fn read(&mut self) -> Result<(), Error> {
         let start = self.partition.log_start_offset().0 as i64;
         if self.next < start {
             // Retention removed what this reader has not seen: start at the log start,
@@ -332,34 +355,28 @@ impl Fetching {
         let (records, next) =
             runnel_core::records::read(&self.partition, self.next, READ_BYTES_MAX)
                 .map_err(|e| log_error(&format!("reading {}", self.tp), &e))?;
-        let mut taken = 0;
-        for r in records.into_iter().take(room) {
-            taken += 1;
-            self.next = r.offset + 1;
-            out.push(Record {
-                tp: self.tp.clone(),
-                offset: r.offset,
-                timestamp_ms: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r.headers,
-            });
-        }
-        if taken < room {
-            // Everything read was taken: continue after the last batch, which may end
-            // past the last record kept by compaction.
-            self.next = self.next.max(next);
-        }
+        self.buffered.extend(records.into_iter().map(|r| Record {
+            tp: self.tp.clone(),
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        }));
+        // Continue after the last batch, which may end past the last record kept by
+        // compaction.
+        self.next = self.next.max(next);
         Ok(())
     }
 }
 
-/// Reads from every partition in turn, up to the delivery limit.
-fn fetch_all(parts: &mut [Fetching], rotate: &mut usize) -> Result<Vec<Record>, Error> {
+/// Reads from every partition in turn, starting one further each time, up to `max`
+/// records.
+fn fetch_all(parts: &mut [Fetching], rotate: &mut usize, max: usize) -> Result<Vec<Record>, Error> {
     let mut out = Vec::new();
     let n = parts.len();
     for i in 0..n {
-        let room = DELIVERY_RECORDS_MAX - out.len();
+        let room = max - out.len();
         if room == 0 {
             break;
         }
@@ -397,18 +414,19 @@ async fn wait_for_data(parts: &mut [Fetching], extra: Option<&Notify>, wait: Dur
 #[derive(Debug)]
 struct EmbeddedReader {
     parts: Vec<Fetching>,
+    /// The partition the next poll reads first, so that none is always served last.
+    rotate: usize,
 }
 
 impl Reader for EmbeddedReader {
     fn poll(&mut self, wait: Duration) -> BoxFuture<'_, Result<Vec<Record>, Error>> {
         Box::pin(async move {
-            let mut rotate = 0;
-            let got = fetch_all(&mut self.parts, &mut rotate)?;
+            let got = fetch_all(&mut self.parts, &mut self.rotate, READER_RECORDS_MAX)?;
             if !got.is_empty() {
                 return Ok(got);
             }
             wait_for_data(&mut self.parts, None, wait).await;
-            fetch_all(&mut self.parts, &mut rotate)
+            fetch_all(&mut self.parts, &mut self.rotate, READER_RECORDS_MAX)
         })
     }
 }
@@ -437,6 +455,8 @@ struct EmbeddedConsumer {
     generation: i32,
     joined: bool,
     owned: Vec<Fetching>,
+    /// The owned partition the next delivery reads first, so that none is always last.
+    rotate: usize,
     rebalance: Arc<Signal>,
     heartbeat: Option<JoinHandle<()>>,
 }
@@ -727,8 +747,7 @@ impl GroupConsumer for EmbeddedConsumer {
                 let tps = self.owned.iter().map(|f| f.tp.clone()).collect();
                 return Ok(Delivery::Revoking(tps));
             }
-            let mut rotate = self.generation as usize;
-            let got = fetch_all(&mut self.owned, &mut rotate)?;
+            let got = fetch_all(&mut self.owned, &mut self.rotate, DELIVERY_RECORDS_MAX)?;
             if !got.is_empty() {
                 return Ok(Delivery::Records(got));
             }
@@ -738,7 +757,7 @@ impl GroupConsumer for EmbeddedConsumer {
                 let tps = self.owned.iter().map(|f| f.tp.clone()).collect();
                 return Ok(Delivery::Revoking(tps));
             }
-            let got = fetch_all(&mut self.owned, &mut rotate)?;
+            let got = fetch_all(&mut self.owned, &mut self.rotate, DELIVERY_RECORDS_MAX)?;
             Ok(if got.is_empty() {
                 Delivery::Idle
             } else {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::contract::{self, Event};
 use crate::error::HandlerError;
@@ -34,18 +34,80 @@ pub struct Context<S> {
 }
 
 /// The parts of an invocation that do not depend on the state type.
+///
+/// Metadata and trace are built on first use: a handler that takes neither (nor emits)
+/// costs no header parsing, and with no tracing subscriber listening nobody else asks.
 pub(crate) struct Invocation {
     pub(crate) record: Arc<Record>,
-    pub(crate) meta: Metadata,
+    /// Which delivery of the record this is, from 1.
+    attempt: u32,
+    /// The record's metadata, from its headers.
+    meta: OnceLock<Metadata>,
     /// The service's tables, by the type of their values.
     pub(crate) tables: Arc<TableSet>,
     pub(crate) service: Arc<str>,
     /// What the handler emitted; sent by the runtime when the handler succeeds.
     pub(crate) emitted: Mutex<Vec<OutRecord>>,
+    /// The trace this invocation continues: a child of the record's, or a new root.
+    trace: OnceLock<TraceParent>,
+    /// Span ids (and the trace id of a new root).
+    rng: Mutex<crate::rng::SplitMix64>,
+}
+
+impl Invocation {
+    /// An invocation of `record`; `seed` seeds its span ids.
+    pub(crate) fn new(
+        record: Arc<Record>,
+        attempt: u32,
+        tables: Arc<TableSet>,
+        service: Arc<str>,
+        seed: u64,
+    ) -> Invocation {
+        Invocation {
+            record,
+            attempt,
+            meta: OnceLock::new(),
+            tables,
+            service,
+            emitted: Mutex::new(Vec::new()),
+            trace: OnceLock::new(),
+            rng: Mutex::new(crate::rng::SplitMix64::new(seed)),
+        }
+    }
+
+    /// The record's metadata.
+    pub(crate) fn meta(&self) -> &Metadata {
+        self.meta.get_or_init(|| {
+            let r = &self.record;
+            let headers: Vec<(String, Option<Vec<u8>>)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().map(|b| b.to_vec())))
+                .collect();
+            let mut meta = Metadata::from_record(
+                r.tp.topic.to_string(),
+                r.tp.partition,
+                r.offset,
+                r.key.as_deref(),
+                r.timestamp_ms,
+                &headers,
+            );
+            meta.attempt = self.attempt;
+            meta
+        })
+    }
+
     /// The trace this invocation continues.
-    pub(crate) trace: TraceParent,
-    /// Span ids for emitted events.
-    pub(crate) rng: Mutex<crate::rng::SplitMix64>,
+    pub(crate) fn trace(&self) -> &TraceParent {
+        self.trace.get_or_init(|| {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = || rng.next_u64();
+            match &self.meta().traceparent {
+                Some(t) => t.child(&mut next),
+                None => TraceParent::new_root(&mut next),
+            }
+        })
+    }
 }
 
 /// The service's tables, reachable by their value type.
@@ -108,7 +170,7 @@ impl Deref for Meta {
 
 impl<S> FromContext<S> for Meta {
     fn from_context(ctx: &Context<S>) -> Result<Self, HandlerError> {
-        Ok(Meta(ctx.inv.meta.clone()))
+        Ok(Meta(ctx.inv.meta().clone()))
     }
 }
 
@@ -163,9 +225,10 @@ impl Emitter {
             r.offset,
             index,
         );
+        let parent = self.inv.trace();
         let trace = {
             let mut rng = self.inv.rng.lock().unwrap_or_else(|p| p.into_inner());
-            self.inv.trace.child(&mut || rng.next_u64())
+            parent.child(&mut || rng.next_u64())
         };
         emitted.push(event_record(event, &id, &self.inv.service, &trace));
         id

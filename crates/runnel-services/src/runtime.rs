@@ -23,15 +23,22 @@
 //! The group consumer lives in its own task (the *poller*) and takes one command at a
 //! time (next, commit, revoked, close): the transports' calls need not be
 //! cancellation-safe, and the worker loop never awaits the consumer directly. Handler
-//! invocations are tasks in a `JoinSet`; retries and parks are timers on the runtime's
+//! invocations are futures the worker polls itself (a `FuturesUnordered`, each behind
+//! `catch_unwind`, so a panicking handler loses only its record's attempt), at most
+//! `concurrency` at a time; retries and parks are timers on the runtime's
 //! [`Clock`], so tests drive them with virtual time.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -39,14 +46,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, HandlerError};
 use crate::handler::{Context, ErasedHandler, Invocation, TableSet};
-use crate::metadata::{Metadata, headers};
+use crate::metadata::headers;
 use crate::metrics::{Metrics, Snapshot};
 use crate::ordering::PartitionTracker;
 use crate::retry::{self, Decision};
 use crate::rng::SplitMix64;
 use crate::service::{Service, dead_letter_topic};
-use crate::table::{TableDef, TableRef};
-use crate::trace::TraceParent;
+use crate::table::{Route, TableDef, TableRef};
 use crate::transport::{
     Delivery, GroupConsumer, MemberOptions, OutRecord, Record, TopicPartition, TopicSpec, Transport,
 };
@@ -578,10 +584,18 @@ impl<S: Clone + Send + Sync + 'static> Instance<S> {
         let (cmd, rx) = mpsc::channel(4);
         let poller =
             tokio::spawn(poll_loop(consumer, rx, self.runtime.idle_poll).in_current_span());
+        let mut routes: HashMap<String, HashMap<String, ErasedHandler<S>>> = HashMap::new();
+        for ((topic, ty), h) in &self.service.routes {
+            routes
+                .entry(topic.clone())
+                .or_default()
+                .insert(ty.clone(), h.clone());
+        }
         let mut worker = Worker {
             inst: self.clone(),
+            routes,
             parts: HashMap::new(),
-            running: JoinSet::new(),
+            running: FuturesUnordered::new(),
             timers: JoinSet::new(),
             cmd,
             generation: 0,
@@ -663,6 +677,9 @@ enum OutcomeKind {
     DeadLetterFailed(String),
 }
 
+/// A running invocation: its outcome, or the panic that ended it.
+type Running = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Outcome>> + Send>>;
+
 /// A retry or park whose time has come.
 struct Wake {
     tp: TopicPartition,
@@ -672,8 +689,14 @@ struct Wake {
 
 struct Worker<S> {
     inst: Arc<Instance<S>>,
+    /// The service's handlers by topic, then event type: looked up per record without
+    /// building a key.
+    routes: HashMap<String, HashMap<String, ErasedHandler<S>>>,
     parts: HashMap<TopicPartition, Part>,
-    running: JoinSet<Outcome>,
+    /// Handler invocations and dead-letter sends, polled by the worker itself: no task
+    /// spawn per record, and a handler that finishes on its first poll (most do) costs
+    /// no wake-up. A panic ends only its own future.
+    running: FuturesUnordered<Running>,
     timers: JoinSet<Wake>,
     cmd: mpsc::Sender<Cmd>,
     generation: u64,
@@ -701,15 +724,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             }
             tokio::select! {
                 () = stopped(&mut stop) => break,
-                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
-                    match done {
-                        Ok(o) => self.on_outcome(o),
-                        Err(e) if e.is_panic() => {
-                            // A panicking handler is a bug in it; the record stays
-                            // pending (never committed) and the instance goes on.
-                            error!("a handler panicked: {e}");
-                        }
-                        Err(_) => {}
+                Some(done) = self.running.next(), if !self.running.is_empty() => {
+                    self.on_finished(done);
+                    // Take every other one that is done too before looking around again.
+                    while let Some(Some(done)) = self.running.next().now_or_never() {
+                        self.on_finished(done);
                     }
                 }
                 Some(Ok(w)) = self.timers.join_next(), if !self.timers.is_empty() => self.on_wake(&w),
@@ -736,6 +755,22 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     fn pending(&self) -> usize {
         self.parts.values().map(|p| p.records.len()).sum()
+    }
+
+    fn on_finished(&mut self, done: std::thread::Result<Outcome>) {
+        match done {
+            Ok(o) => self.on_outcome(o),
+            Err(panic) => {
+                // A panicking handler is a bug in it; the record stays pending (never
+                // committed) and the instance goes on.
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!("a handler panicked: {what}");
+            }
+        }
     }
 
     fn publish_status(&self, polling: bool, committing: bool) {
@@ -775,19 +810,18 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 
     fn route(&self, record: &Record) -> Option<ErasedHandler<S>> {
-        let routes = &self.inst.service.routes;
-        let topic = &*record.tp.topic;
+        let of_topic = self.routes.get(&*record.tp.topic)?;
         match record.header(headers::CE_TYPE) {
-            Some(t) => {
-                let t = String::from_utf8_lossy(t);
-                routes.get(&(topic.to_string(), t.into_owned())).cloned()
-            }
+            Some(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|t| of_topic.get(t))
+                .cloned(),
             None => {
                 // Records from producers that set no type (kcat, other tools): the
                 // topic's handler, when it has exactly one.
-                let mut of_topic = routes.iter().filter(|((t, _), _)| t == topic);
-                match (of_topic.next(), of_topic.next()) {
-                    (Some((_, h)), None) => Some(h.clone()),
+                let mut handlers = of_topic.values();
+                match (handlers.next(), handlers.next()) {
+                    (Some(h), None) => Some(h.clone()),
                     _ => None,
                 }
             }
@@ -812,49 +846,35 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             self.finish(&tp, offset);
             return;
         };
-        let mut meta = Metadata::from_record(
-            record.tp.topic.to_string(),
-            record.tp.partition,
-            record.offset,
-            record.key.as_deref(),
-            record.timestamp_ms,
-            &record
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref().map(|b| b.to_vec())))
-                .collect::<Vec<_>>(),
-        );
-        meta.attempt = attempt;
-        let mut rng = || self.rng.next_u64();
-        let trace = match &meta.traceparent {
-            Some(t) => t.child(&mut rng),
-            None => TraceParent::new_root(&mut rng),
-        };
-        let span = info_span!(
-            "handle",
-            topic = %tp.topic,
-            partition = tp.partition,
-            offset,
-            event_type = %meta.event_type,
-            attempt,
-            traceparent = %trace,
-        );
-        let inv = Arc::new(Invocation {
+        let inv = Arc::new(Invocation::new(
             record,
-            meta,
-            tables: self.inst.tables.clone(),
-            service: self.inst.name.clone(),
-            emitted: std::sync::Mutex::new(Vec::new()),
-            trace,
-            rng: std::sync::Mutex::new(SplitMix64::from_entropy()),
-        });
+            attempt,
+            self.inst.tables.clone(),
+            self.inst.name.clone(),
+            self.rng.next_u64(),
+        ));
+        // Building the span means parsing the record's headers for its type and trace;
+        // skip that when no subscriber listens.
+        let span = if tracing::enabled!(tracing::Level::INFO) {
+            info_span!(
+                "handle",
+                topic = %tp.topic,
+                partition = tp.partition,
+                offset,
+                event_type = %inv.meta().event_type,
+                attempt,
+                traceparent = %inv.trace(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let ctx = Context {
             inv: inv.clone(),
             state: self.inst.service.state.clone(),
         };
         let timeout = self.inst.service.handler_timeout;
         let transport = self.inst.runtime.transport.clone();
-        self.running.spawn(
+        self.launch(
             async move {
                 let started = Instant::now();
                 let result = match tokio::time::timeout(timeout, handler(&ctx)).await {
@@ -890,6 +910,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             }
             .instrument(span),
         );
+    }
+
+    /// Adds `f` to the running invocations.
+    fn launch(&mut self, f: impl Future<Output = Outcome> + Send + 'static) {
+        self.running
+            .push(Box::pin(std::panic::AssertUnwindSafe(f).catch_unwind()));
     }
 
     /// The record at `offset` is done: handled, dead-lettered or skipped.
@@ -1020,7 +1046,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             headers: hdrs,
         };
         let transport = self.inst.runtime.transport.clone();
-        self.running.spawn(async move {
+        self.launch(async move {
             let mut last = String::new();
             for i in 0..DEAD_LETTER_SEND_ATTEMPTS {
                 match transport.send(vec![letter.clone()]).await {
@@ -1064,10 +1090,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         continue;
                     }
                     part.last_pushed = r.offset;
-                    Status::note(&self.inst.status.fetched, &r.tp, r.offset + 1);
                     part.tracker
                         .push(r.offset, r.key.as_ref().map(|k| k.to_vec()));
                     part.records.insert(r.offset, Arc::new(r));
+                }
+                // Once per partition rather than per record: it takes a lock.
+                for (tp, part) in &self.parts {
+                    if part.last_pushed >= 0 {
+                        Status::note(&self.inst.status.fetched, tp, part.last_pushed + 1);
+                    }
                 }
             }
             Delivery::Assigned(tps) => {
@@ -1142,14 +1173,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let deadline = tokio::time::Instant::now() + self.inst.runtime.drain_timeout;
         while !self.running.is_empty() {
             tokio::select! {
-                Some(done) = self.running.join_next() => {
+                Some(done) = self.running.next() => {
                     if let Ok(o) = done {
                         self.on_outcome(o);
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(running = self.running.len(), "handlers still running at the drain deadline; their records will be handled again");
-                    self.running.abort_all();
+                    self.running = FuturesUnordered::new();
                     break;
                 }
             }
@@ -1197,7 +1228,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    async fn update_lag(&self) {
+    // `&mut`: the worker is `Send` but not `Sync` (its running futures are not).
+    async fn update_lag(&mut self) {
         let mut lag = BTreeMap::new();
         let mut by_topic: BTreeMap<&str, Vec<(&TopicPartition, &Part)>> = BTreeMap::new();
         for (tp, p) in &self.parts {
@@ -1268,6 +1300,12 @@ async fn send_all(transport: &dyn Transport, records: Vec<OutRecord>) -> Result<
 }
 
 /// Restores and follows one table.
+///
+/// Reading and writing overlap: a reader task polls the source partitions into a
+/// bounded channel while the feeder writes what it has gathered so far, in one store
+/// transaction with the offsets it reaches. The longer a write takes, the more the next
+/// one gathers (up to `TABLE_BATCH_RECORDS_MAX`), so under load a table pays one fsync
+/// per tens of thousands of records, and when quiet each record is written at once.
 struct TableFeeder {
     transport: Arc<dyn Transport>,
     status: Arc<Status>,
@@ -1275,6 +1313,20 @@ struct TableFeeder {
     store: Arc<runnel_state::Store>,
     def: Arc<TableDef>,
     metrics: Arc<Metrics>,
+}
+
+/// Records gathered into one table write, at most. A bound on the memory a write holds
+/// and on how long it keeps the store busy.
+const TABLE_BATCH_RECORDS_MAX: usize = 50_000;
+/// Polls the table's reader task may be ahead of the writes.
+const TABLE_POLLS_AHEAD_MAX: usize = 2;
+
+/// One table write running on the blocking pool, and what it covers.
+struct TableWrite {
+    task: JoinHandle<Result<(), Error>>,
+    /// Per partition, the offset after the last record in the write.
+    reached: HashMap<TopicPartition, i64>,
+    records: usize,
 }
 
 impl TableFeeder {
@@ -1318,118 +1370,217 @@ impl TableFeeder {
         } else {
             info!(table = %name, records = behind, "restoring table");
         }
-        let mut reader = self.transport.reader(from)?;
+        let reader = self.transport.reader(from)?;
+        let (polled_tx, mut polled) = mpsc::channel(TABLE_POLLS_AHEAD_MAX);
+        let reading = tokio::spawn(
+            read_table_sources(reader, self.idle_poll, polled_tx, stop.clone()).in_current_span(),
+        );
+        // Ends the reader task however this function returns.
+        let _reading = AbortOnDrop(reading);
         let routes = Arc::new(self.def.routes());
+        let mut gathered: Vec<Record> = Vec::new();
+        let mut writing: Option<TableWrite> = None;
         let mut applied: i64 = 0;
         let mut last_report = Instant::now();
         loop {
-            let records = tokio::select! {
-                r = reader.poll(self.idle_poll) => r?,
-                () = stopped(&mut stop) => return Ok(()),
-            };
-            if records.is_empty() {
-                self.status.table_idle_polls.fetch_add(1, Ordering::SeqCst);
-                continue;
+            if writing.is_none() && !gathered.is_empty() {
+                writing = Some(self.start_write(std::mem::take(&mut gathered), &routes));
             }
-            let mut reached: HashMap<TopicPartition, i64> = HashMap::new();
-            for r in &records {
-                reached.insert(r.tp.clone(), r.offset + 1);
-                Status::note(&self.status.applied, &r.tp, r.offset + 1);
-            }
-            let n = records.len();
-            let store = self.store.clone();
-            let table = name.clone();
-            let rts = routes.clone();
-            let metrics = self.metrics.clone();
-            tokio::task::spawn_blocking(move || {
-                apply_table_batch(&store, &table, &rts, &records, &metrics)
-            })
-            .await
-            .map_err(|e| Error::Store(e.to_string()))??;
-            self.metrics
-                .table_records
-                .fetch_add(n as u64, Ordering::Relaxed);
-            if !targets.is_empty() {
-                applied += n as i64;
-                targets.retain(|tp, target| reached.get(tp).is_none_or(|r| r < target));
-                if targets.is_empty() {
-                    info!(table = %name, records = applied, "table restored");
-                    let _ = ready.send(true);
-                } else if last_report.elapsed() >= RESTORE_PROGRESS_INTERVAL {
-                    info!(table = %name, applied, of = behind, "restoring table");
-                    last_report = Instant::now();
+            let room = gathered.len() < TABLE_BATCH_RECORDS_MAX;
+            tokio::select! {
+                () = stopped(&mut stop) => return land(writing).await,
+                done = async { (&mut writing.as_mut().expect("guarded").task).await }, if writing.is_some() => {
+                    let w = writing.take().expect("guarded");
+                    done.map_err(|e| Error::Store(e.to_string()))??;
+                    for (tp, next) in &w.reached {
+                        Status::note(&self.status.applied, tp, *next);
+                    }
+                    self.metrics
+                        .table_records
+                        .fetch_add(w.records as u64, Ordering::Relaxed);
+                    if !targets.is_empty() {
+                        applied += w.records as i64;
+                        targets.retain(|tp, target| w.reached.get(tp).is_none_or(|r| r < target));
+                        if targets.is_empty() {
+                            info!(table = %name, records = applied, "table restored");
+                            let _ = ready.send(true);
+                        } else if last_report.elapsed() >= RESTORE_PROGRESS_INTERVAL {
+                            info!(table = %name, applied, of = behind, "restoring table");
+                            last_report = Instant::now();
+                        }
+                    }
+                }
+                got = polled.recv(), if room => {
+                    let records = match got {
+                        Some(Ok(records)) => records,
+                        Some(Err(e)) => {
+                            land(writing).await?;
+                            return Err(e);
+                        }
+                        // The reader task ended without an error: it saw the stop.
+                        None => return land(writing).await,
+                    };
+                    if records.is_empty() {
+                        // Idle only once everything read is written too: the test
+                        // harness takes this as "the table has caught up".
+                        if writing.is_none() && gathered.is_empty() {
+                            self.status.table_idle_polls.fetch_add(1, Ordering::SeqCst);
+                        }
+                    } else if gathered.is_empty() {
+                        gathered = records;
+                    } else {
+                        gathered.extend(records);
+                    }
                 }
             }
         }
     }
+
+    /// Starts writing `records` to the table on the blocking pool.
+    fn start_write(
+        &self,
+        records: Vec<Record>,
+        routes: &Arc<HashMap<(&'static str, &'static str), Route>>,
+    ) -> TableWrite {
+        let mut reached = HashMap::new();
+        for r in &records {
+            reached.insert(r.tp.clone(), r.offset + 1);
+        }
+        let n = records.len();
+        let store = self.store.clone();
+        let table = self.def.name.clone();
+        let routes = routes.clone();
+        let metrics = self.metrics.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            apply_table_batch(&store, &table, &routes, &records, &metrics)
+        });
+        TableWrite {
+            task,
+            reached,
+            records: n,
+        }
+    }
 }
 
-type Apply =
-    Arc<dyn Fn(Option<&[u8]>, &[u8]) -> Result<Option<Vec<u8>>, HandlerError> + Send + Sync>;
+/// Waits for a table write in flight, so that the store is quiet when the feeder ends.
+async fn land(writing: Option<TableWrite>) -> Result<(), Error> {
+    match writing {
+        Some(w) => w.task.await.map_err(|e| Error::Store(e.to_string()))?,
+        None => Ok(()),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The table feeder's reader task: polls the sources and hands each poll over, empty
+/// ones included (they tell the feeder the sources are quiet). Ends on stop, when the
+/// feeder is gone, or after handing over an error.
+async fn read_table_sources(
+    mut reader: Box<dyn crate::transport::Reader>,
+    idle_poll: Duration,
+    polled: mpsc::Sender<Result<Vec<Record>, Error>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let got = tokio::select! {
+            r = reader.poll(idle_poll) => r,
+            () = stopped(&mut stop) => return,
+        };
+        let failed = got.is_err();
+        if polled.send(got).await.is_err() || failed {
+            return;
+        }
+    }
+}
 
 /// Applies records to a table in one atomic write, with the offsets they reach.
+///
+/// Several records of one key within the batch are folded in memory (an overlay of the
+/// batch's own writes), and only each key's final value is written: the store sees one
+/// put or delete per key and one offset per partition, however many records the batch
+/// holds. The outcome is the same as writing every record in order.
 fn apply_table_batch(
     store: &runnel_state::Store,
     table: &str,
-    routes: &HashMap<(&'static str, &'static str), Apply>,
+    routes: &HashMap<(&'static str, &'static str), Route>,
     records: &[Record],
     metrics: &Metrics,
 ) -> Result<(), Error> {
-    let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    let mut batch = runnel_state::WriteBatch::default();
+    // Looked up with borrowed names (the map is covariant in its keys' lifetimes).
+    let routes: &HashMap<(&str, &str), Route> = routes;
+    let mut overlay: HashMap<Bytes, Option<Vec<u8>>> = HashMap::new();
+    let mut reached: Vec<(&TopicPartition, i64)> = Vec::new();
     for r in records {
-        batch.set_offset(table, &r.tp.topic, r.tp.partition, r.offset + 1);
-        let Some(key) = r.key.as_deref() else {
+        match reached.iter_mut().find(|(tp, _)| *tp == &r.tp) {
+            Some((_, next)) => *next = r.offset + 1,
+            None => reached.push((&r.tp, r.offset + 1)),
+        }
+        let Some(key) = &r.key else {
             // As in Kafka Streams, a table ignores records without a key.
             metrics.table_errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let Some(value) = r.value.as_deref() else {
-            overlay.insert(key.to_vec(), None);
-            batch.delete(table, key);
+            overlay.insert(key.clone(), None);
             continue;
         };
-        let ty = r
-            .header(headers::CE_TYPE)
-            .map(|t| String::from_utf8_lossy(t).into_owned());
-        let apply = match ty {
-            Some(t) => routes
-                .iter()
-                .find(|((topic, ty), _)| *topic == &*r.tp.topic && *ty == t)
-                .map(|(_, a)| a),
+        let topic = &*r.tp.topic;
+        let route = match r.header(headers::CE_TYPE) {
+            Some(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|t| routes.get(&(topic, t))),
             None => {
-                let mut of_topic = routes
-                    .iter()
-                    .filter(|((topic, _), _)| *topic == &*r.tp.topic);
+                let mut of_topic = routes.iter().filter(|((t, _), _)| *t == topic);
                 match (of_topic.next(), of_topic.next()) {
-                    (Some((_, a)), None) => Some(a),
+                    (Some((_, route)), None) => Some(route),
                     _ => None,
                 }
             }
         };
-        let Some(apply) = apply else {
+        let Some(route) = route else {
             continue;
         };
-        let current = match overlay.get(key) {
-            Some(v) => v.clone(),
-            None => store
-                .get(table, key)
-                .map_err(|e| Error::Store(format!("reading table {table}: {e}")))?,
+        let applied = if route.reads_current {
+            let current = match overlay.get(key) {
+                Some(v) => v.as_deref().map(Cow::Borrowed),
+                None => store
+                    .get(table, key)
+                    .map_err(|e| Error::Store(format!("reading table {table}: {e}")))?
+                    .map(Cow::Owned),
+            };
+            (route.apply)(current.as_deref(), value)
+        } else {
+            (route.apply)(None, value)
         };
-        match apply(current.as_deref(), value) {
-            Ok(Some(v)) => {
-                batch.put(table, key, &v);
-                overlay.insert(key.to_vec(), Some(v));
-            }
-            Ok(None) => {
-                batch.delete(table, key);
-                overlay.insert(key.to_vec(), None);
+        match applied {
+            Ok(v) => {
+                overlay.insert(key.clone(), v);
             }
             Err(e) => {
                 metrics.table_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(table, tp = %r.tp, offset = r.offset, %e, "a table record cannot be applied; skipped");
             }
         }
+    }
+    let mut finals: Vec<(Bytes, Option<Vec<u8>>)> = overlay.into_iter().collect();
+    // Key order: the store's B-tree takes sorted inserts best.
+    finals.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    let mut batch = runnel_state::WriteBatch::default();
+    for (key, value) in &finals {
+        match value {
+            Some(v) => batch.put(table, key, v),
+            None => batch.delete(table, key),
+        }
+    }
+    for (tp, next) in reached {
+        batch.set_offset(table, &tp.topic, tp.partition, next);
     }
     store
         .apply(&batch)

@@ -24,8 +24,8 @@ use crate::contract::{self, Event};
 use crate::error::HandlerError;
 
 /// What a source does to the table for one event: the new value of its key, `None` to
-/// delete it.
-type Apply =
+/// delete it. Gets the key's current value (when its [`Route`] reads it) and the event.
+pub(crate) type Apply =
     Arc<dyn Fn(Option<&[u8]>, &[u8]) -> Result<Option<Vec<u8>>, HandlerError> + Send + Sync>;
 
 /// One event type feeding a table.
@@ -33,7 +33,16 @@ type Apply =
 pub(crate) struct Source {
     pub(crate) topic: &'static str,
     pub(crate) event_type: &'static str,
+    pub(crate) route: Route,
+}
+
+/// How the table feeder applies one event type.
+#[derive(Clone)]
+pub(crate) struct Route {
     pub(crate) apply: Apply,
+    /// Whether `apply` looks at the current value. An upsert does not, so the feeder
+    /// skips reading the key from the store (the most expensive part of a fold).
+    pub(crate) reads_current: bool,
 }
 
 /// A table declaration, typed by the value it holds.
@@ -63,8 +72,20 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> Table<V> {
     /// Each `E` sets its key's value to `f(event)` (`None` deletes it): the latest
     /// event per key wins, as in a compacted topic.
     #[must_use]
-    pub fn upsert<E: Event>(self, f: impl Fn(&E) -> Option<V> + Send + Sync + 'static) -> Self {
-        self.fold::<E>(move |_, e| f(e))
+    pub fn upsert<E: Event>(mut self, f: impl Fn(&E) -> Option<V> + Send + Sync + 'static) -> Self {
+        let apply: Apply = Arc::new(move |_current, payload| {
+            let event = contract::decode::<E>(payload).map_err(HandlerError::from)?;
+            Ok(f(&event).map(|v| encode_value(&v)))
+        });
+        self.sources.push(Source {
+            topic: E::TOPIC,
+            event_type: E::TYPE,
+            route: Route {
+                apply,
+                reads_current: false,
+            },
+        });
+        self
     }
 
     /// Each `E` folds into its key's current value: `f(current, event)` is the new value
@@ -87,7 +108,10 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> Table<V> {
         self.sources.push(Source {
             topic: E::TOPIC,
             event_type: E::TYPE,
-            apply,
+            route: Route {
+                apply,
+                reads_current: true,
+            },
         });
         self
     }
@@ -135,10 +159,10 @@ impl TableDef {
     }
 
     /// The sources of `topic`, by event type.
-    pub(crate) fn routes(&self) -> HashMap<(&'static str, &'static str), Apply> {
+    pub(crate) fn routes(&self) -> HashMap<(&'static str, &'static str), Route> {
         self.sources
             .iter()
-            .map(|s| ((s.topic, s.event_type), s.apply.clone()))
+            .map(|s| ((s.topic, s.event_type), s.route.clone()))
             .collect()
     }
 }
