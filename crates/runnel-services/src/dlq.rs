@@ -15,7 +15,7 @@ use crate::service::dead_letter_topic;
 use crate::transport::{OutRecord, Record, TopicPartition, Transport};
 
 /// The header a replayed record carries: `<service>.dlq@<offset>`.
-pub const REPLAYED_FROM: &str = "runnel_replayed_from";
+pub const REPLAYED_FROM: &str = dlq_headers::REPLAYED_FROM;
 
 /// One dead letter, parsed.
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ impl DeadLetter {
             .record
             .headers
             .iter()
-            .filter(|(k, _)| !k.starts_with("runnel_dlq_") && k != REPLAYED_FROM)
+            .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX) && k != REPLAYED_FROM)
             .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.to_vec())))
             .collect();
         headers.push((

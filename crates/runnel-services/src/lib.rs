@@ -150,7 +150,7 @@ pub use http::{
 #[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaConfig};
 pub use metrics::{Metrics, Snapshot};
-pub use runtime::{Runtime, ServiceHandle, run_until_signal};
+pub use runtime::{Runtime, ServiceHandle, run_until_signal, wait_for_signal};
 pub use service::{Service, dead_letter_topic};
 pub use table::{Table, TableRef};
 pub use testing::{InstanceId, TestRuntime};

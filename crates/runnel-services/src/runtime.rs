@@ -88,6 +88,10 @@ pub mod dlq_headers {
     pub const SERVICE: &str = "runnel_dlq_service";
     /// When, ms since the Unix epoch.
     pub const TIME_MS: &str = "runnel_dlq_time_ms";
+    /// What every dead-letter header starts with; a replay drops all of them.
+    pub const PREFIX: &str = "runnel_dlq_";
+    /// Added by a replay: `<service>.dlq@<offset>`.
+    pub const REPLAYED_FROM: &str = "runnel_replayed_from";
 }
 
 /// Runs services on a transport.
@@ -239,7 +243,8 @@ pub async fn run_until_signal(handles: Vec<ServiceHandle>) -> Result<(), Error> 
     first_error.map_or(Ok(()), Err)
 }
 
-async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM: what a service process stops on.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -110,27 +110,12 @@ async fn serve(args: ExampleArgs, settings: BTreeMap<String, String>) -> anyhow:
         "{} ({}) ready; listening on http://{}",
         args.service, args.instance, running.http
     );
-    wait_for_signal().await;
+    runnel_services::wait_for_signal().await;
     tracing::info!("stopping: finishing running handlers; Ctrl-C again exits at once");
     tokio::spawn(async {
-        wait_for_signal().await;
+        runnel_services::wait_for_signal().await;
         std::process::exit(130);
     });
     running.stop().await.context("stopping")?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

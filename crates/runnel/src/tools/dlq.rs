@@ -30,31 +30,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Connection, Failure, REQUEST_TIMEOUT, partitions_of};
 
-/// The headers a dead letter carries besides the original record's. Copied from
-/// runnel-services (`crates/runnel-services/src/runtime.rs`, `dlq_headers`), which the
-/// binary does not depend on: keep the two in step.
-pub mod header {
-    /// Why the record was given up on.
-    pub const ERROR: &str = "runnel_dlq_error";
-    /// The error's kind: transient, permanent or not_yet.
-    pub const ERROR_KIND: &str = "runnel_dlq_error_kind";
-    /// The topic the record came from.
-    pub const TOPIC: &str = "runnel_dlq_topic";
-    /// Its partition.
-    pub const PARTITION: &str = "runnel_dlq_partition";
-    /// Its offset.
-    pub const OFFSET: &str = "runnel_dlq_offset";
-    /// How many times its handler ran.
-    pub const ATTEMPTS: &str = "runnel_dlq_attempts";
-    /// The service that gave up.
-    pub const SERVICE: &str = "runnel_dlq_service";
-    /// When, ms since the Unix epoch.
-    pub const TIME_MS: &str = "runnel_dlq_time_ms";
-    /// What every dead-letter header starts with; a replay drops all of them.
-    pub const PREFIX: &str = "runnel_dlq_";
-    /// Added by `runnel dlq replay`: `<service>.dlq@<offset>`.
-    pub const REPLAYED_FROM: &str = "runnel_replayed_from";
-}
+/// The headers a dead letter carries besides the original record's: the services
+/// runtime writes them, so their names have one home there.
+pub use runnel_services::runtime::dlq_headers as header;
 
 /// Characters of a value shown by `list` in text format.
 const VALUE_PREVIEW_CHARS_MAX: usize = 40;
