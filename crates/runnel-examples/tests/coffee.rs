@@ -1,84 +1,32 @@
 //! The coffee shop's invariants (issue 10, section 2), one test each: the real services
 //! on the embedded log, commands and queries over real HTTP on port 0.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::{http, serve};
 use runnel_examples::coffee::{
     CashierConfig, DrinkReady, DrinkStatus, ORDER_ID_BYTES_MAX, OrderPlaced, OrderView,
     PaymentProcessed, PrepTimes, barista_service, cashier_api, cashier_service, counter_api,
     counter_service,
 };
 use runnel_examples::{Env, start};
-use runnel_services::http::ServiceApi;
 use runnel_services::{InstanceId, TestRuntime};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How long any wait in these tests may take before it fails the test.
 const WAIT_MAX: Duration = Duration::from_secs(45);
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(10);
 
-/// One HTTP/1.1 exchange on a fresh connection: status and body (as in
-/// runnel-services' tests/http.rs).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    ct: Option<&str>,
-    body: &[u8],
-) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(ct) = ct {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
-    let (mut rd, mut wr) = s.split();
-    let write = async {
-        let _ = wr.write_all(&request).await;
-    };
-    let read = async {
-        let mut out = Vec::new();
-        let _ = rd.read_to_end(&mut out).await;
-        out
-    };
-    let ((), raw) = tokio::join!(write, read);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    (status, raw[split + 4..].to_vec())
-}
-
 /// A JSON call: POST bodies are sent as `application/json`.
 async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     let ct = (method == "POST").then_some("application/json");
-    let (status, body) = http(addr, method, path, ct, body.as_bytes()).await;
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-/// Serves `api` on 127.0.0.1:0 until the test ends.
-async fn serve(api: ServiceApi) -> SocketAddr {
-    let bound = api.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = bound.local_addr();
-    tokio::spawn(bound.serve(std::future::pending()));
-    addr
+    http(addr, method, path, ct, body).await
 }
 
 /// Places an order at the cashier; returns its id.
@@ -419,7 +367,7 @@ async fn bad_input() {
         "POST",
         "/orders",
         Some("text/plain"),
-        b"a latte please",
+        "a latte please",
     )
     .await;
     assert_eq!(status, 415, "a command is JSON");

@@ -4,78 +4,36 @@
 //! Every wait is on a condition with a deadline; nothing asserts on timing. Who refills
 //! when both parents are home is not asserted either (see the module docs on the race).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::{Server, http};
 use runnel_examples::Env;
 use runnel_examples::family::{
     self, CupRefilled, DADDY, GRANDMA, MUMMY, MyCupIsEmpty, Parent, Stats,
 };
-use runnel_services::{Embedded, EmbeddedConfig, Error, InstanceId, ServiceApi, TestRuntime};
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use runnel_services::{Embedded, EmbeddedConfig, Error, InstanceId, TestRuntime};
+use serde_json::{Value, json};
 
 /// How long a condition may take before the test fails: generous, as a loaded machine
 /// is slow, and a passing test never waits for it.
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
-// A small HTTP/1.1 client (as in runnel-services' tests/http.rs)
+// Requests to the family's APIs (the HTTP client is in common)
 
-/// One HTTP/1.1 exchange on a fresh connection: status and body as JSON (null if none).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &str,
-) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(ct) = content_type {
-        request.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    (
-        status,
-        serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null),
-    )
-}
-
+/// `GET path`, which must answer 200: the body.
 async fn get(addr: SocketAddr, path: &str) -> Value {
-    let (status, v) = http(addr, "GET", path, None, "").await;
+    let (status, v) = common::get(addr, path).await;
     assert_eq!(status, 200, "GET {path}: {v}");
     v
 }
 
 /// The daughter says her cup is empty: returns the answer (202 expected).
 async fn cup_is_empty(daughter: SocketAddr) -> Value {
-    let (status, v) = http(
-        daughter,
-        "POST",
-        "/cup/empty",
-        Some("application/json"),
-        "{}",
-    )
-    .await;
+    let (status, v) = common::post(daughter, "/cup/empty", &json!({})).await;
     assert_eq!(status, 202, "{v}");
     v
 }
@@ -110,42 +68,16 @@ async fn wait_refilled(daughter: SocketAddr, seq: u64) -> Value {
 // ---------------------------------------------------------------------------------------
 // The family under test
 
-/// An API served on 127.0.0.1:0 until dropped or stopped.
-struct Served {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Served {
-    /// Stops the server and waits until its routes are dropped: they hold the
-    /// instance's table store open, and a restarted instance must open it again.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
-    }
-}
-
-async fn serve(api: ServiceApi) -> Served {
-    let bound = api.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = bound.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bound.serve(async {
-        let _ = stopped.await;
-    }));
-    Served { addr, stop, server }
-}
-
 /// A parent running in the harness, with its API.
 struct Running {
     id: InstanceId,
     parent: Parent,
-    api: Served,
+    api: Server,
 }
 
 struct Family {
     t: TestRuntime,
-    daughter: Served,
+    daughter: Server,
 }
 
 impl Family {
@@ -153,7 +85,8 @@ impl Family {
         let mut t = TestRuntime::embedded().await.unwrap();
         let id = t.start(family::daughter_service()).await.unwrap();
         let h = t.handle(id);
-        let daughter = serve(family::daughter_api(t.transport().clone(), h).health(h)).await;
+        let daughter =
+            Server::start(family::daughter_api(t.transport().clone(), h).health(h)).await;
         Family { t, daughter }
     }
 
@@ -164,9 +97,9 @@ impl Family {
         Running { id, parent, api }
     }
 
-    async fn parent_api(&self, id: InstanceId, parent: &Parent) -> Served {
+    async fn parent_api(&self, id: InstanceId, parent: &Parent) -> Server {
         let h = self.t.handle(id);
-        serve(family::parent_api(self.t.transport().clone(), h, parent).health(h)).await
+        Server::start(family::parent_api(self.t.transport().clone(), h, parent).health(h)).await
     }
 
     /// The parent's `GET /stats`, parsed.
@@ -257,7 +190,7 @@ async fn stale_events_are_disregarded_after_catch_up() {
     // Daddy is chopping chicken.
     f.t.stop(daddy.id).await.unwrap();
     let Running { id, parent, api } = daddy;
-    api.stop().await;
+    let _ = api.shutdown().await;
     let away = [2, 3, 4];
     for seq in away {
         let said = cup_is_empty(f.daughter.addr).await;

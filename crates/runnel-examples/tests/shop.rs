@@ -1,112 +1,26 @@
 //! The shop's invariants (issue 10, section 1 and "Invariants"), one test each, on the
 //! embedded log with virtual time; commands and bad input go over real HTTP on port 0.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{Server, get, http, post, put};
 use runnel_examples::Env;
 use runnel_examples::shop::{
     self, Customer, CustomerUpdated, Item, Loyalty, NotificationLog, NotificationSent,
     OrderCreated, Points, PointsEarned,
 };
-use runnel_services::{Embedded, EmbeddedConfig, InstanceId, ServiceApi, TestRuntime};
+use runnel_services::{Embedded, EmbeddedConfig, InstanceId, TestRuntime};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// How long a test waits for a condition before it fails.
 const WAIT_MAX: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------
-// HTTP: a hand-written HTTP/1.1 client, as in runnel-services' tests/http.rs
-
-/// One HTTP/1.1 exchange on a fresh connection: status and body (JSON, or null).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    ct: Option<&str>,
-    body: &str,
-) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.expect("the server is up");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(ct) = ct {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str("\r\n");
-    head.push_str(body);
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null),
-    )
-}
-
-async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    http(
-        addr,
-        "POST",
-        path,
-        Some("application/json"),
-        &body.to_string(),
-    )
-    .await
-}
-
-async fn put(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    http(
-        addr,
-        "PUT",
-        path,
-        Some("application/json"),
-        &body.to_string(),
-    )
-    .await
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    http(addr, "GET", path, None, "").await
-}
-
-/// An API served on 127.0.0.1:0 until stopped.
-struct Server {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(api: ServiceApi) -> Server {
-        let bound = api.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = bound.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(bound.serve(async {
-            let _ = stopped.await;
-        }));
-        Server { addr, stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The shop under test
