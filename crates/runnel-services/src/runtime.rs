@@ -67,6 +67,9 @@ const PENDING_RECORDS_MAX: usize = 20_000;
 const RESTORE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `start` waits for a state file that is still held in this process.
 const STORE_OPEN_WAIT: Duration = Duration::from_secs(5);
+/// How long a record whose dead letter could not be written waits before it is tried
+/// again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(30);
 /// Dead-letter sends tried before the record is left pending for a later instance.
 const DEAD_LETTER_SEND_ATTEMPTS: u32 = 10;
 
@@ -527,6 +530,10 @@ impl<S: Clone + Send + Sync + 'static> Instance<S> {
         transport.ensure_topics(&topics).await?;
 
         // Tables first: handlers join against them.
+        // The instance's own stop: the caller's stop, or a table feeder that failed
+        // after the instance was ready (a table that no longer follows its topic must
+        // not serve joins).
+        let (halt_tx, halt) = watch::channel(false);
         let mut feeders = JoinSet::new();
         let mut table_ready = Vec::new();
         for t in &self.service.tables {
@@ -540,40 +547,74 @@ impl<S: Clone + Send + Sync + 'static> Instance<S> {
                 def: t.clone(),
                 metrics: self.metrics.clone(),
             };
-            let stop = stop.clone();
-            feeders.spawn(feeder.run(tx, stop).in_current_span());
+            feeders.spawn(feeder.run(tx, halt.clone()).in_current_span());
         }
         for mut r in table_ready {
             tokio::select! {
                 res = async { r.wait_for(|r| *r).await.is_ok() } => {
                     if !res {
                         // The feeder ended before the table was ready: say why.
-                        return match feeders.join_next().await {
+                        let _ = halt_tx.send(true);
+                        let e = match feeders.join_next().await {
                             Some(Ok(Err(e))) => Err(e),
                             _ => Err(Error::Shutdown),
                         };
+                        quiet(&mut feeders).await;
+                        return e;
                     }
                 }
-                () = stopped(&mut stop) => return Ok(()),
+                () = stopped(&mut stop) => {
+                    let _ = halt_tx.send(true);
+                    quiet(&mut feeders).await;
+                    return Ok(());
+                }
             }
         }
         info!("ready");
         let _ = ready.send(true);
 
-        let result = if self.service.routes.is_empty() {
-            self.status.idle.store(true, Ordering::SeqCst);
-            let _ = stop.wait_for(|s| *s).await;
-            Ok(())
-        } else {
-            self.clone().handle_records(stop.clone()).await
-        };
-        // Feeders see the same stop signal; wait for them so the store is quiet.
-        while let Some(r) = feeders.join_next().await {
-            if let Ok(Err(e)) = r {
-                warn!(%e, "table feeder stopped on an error");
+        let this = self.clone();
+        let worker_halt = halt.clone();
+        let work = async move {
+            if this.service.routes.is_empty() {
+                this.status.idle.store(true, Ordering::SeqCst);
+                stopped(&mut worker_halt.clone()).await;
+                Ok(())
+            } else {
+                this.handle_records(worker_halt).await
             }
+        };
+        tokio::pin!(work);
+        let mut feeder_error = None;
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                () = stopped(&mut stop), if !*halt.borrow() => {
+                    let _ = halt_tx.send(true);
+                }
+                Some(done) = feeders.join_next(), if feeder_error.is_none() => {
+                    let e = match done {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => e,
+                        Err(e) => Error::Store(format!("a table feeder failed: {e}")),
+                    };
+                    // Not ready any more; the worker drains, commits and leaves.
+                    error!(%e, "a table stopped following its topic; stopping the instance");
+                    let _ = ready.send(false);
+                    let _ = halt_tx.send(true);
+                    feeder_error = Some(e);
+                }
+            }
+        };
+        // Whatever ended the work, the instance is no longer ready, and its feeders stop
+        // before the store is let go.
+        let _ = ready.send(false);
+        let _ = halt_tx.send(true);
+        quiet(&mut feeders).await;
+        match feeder_error {
+            Some(e) => Err(e),
+            None => result,
         }
-        result
     }
 
     async fn handle_records(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<(), Error> {
@@ -683,7 +724,7 @@ enum OutcomeKind {
 }
 
 /// A running invocation: its outcome, or the panic that ended it.
-type Running = std::pin::Pin<Box<dyn Future<Output = std::thread::Result<Outcome>> + Send>>;
+type Running = std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// A retry or park whose time has come.
 struct Wake {
@@ -730,10 +771,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             tokio::select! {
                 () = stopped(&mut stop) => break,
                 Some(done) = self.running.next(), if !self.running.is_empty() => {
-                    self.on_finished(done);
+                    self.on_outcome(done);
                     // Take every other one that is done too before looking around again.
                     while let Some(Some(done)) = self.running.next().now_or_never() {
-                        self.on_finished(done);
+                        self.on_outcome(done);
                     }
                 }
                 Some(Ok(w)) = self.timers.join_next(), if !self.timers.is_empty() => self.on_wake(&w),
@@ -758,24 +799,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         self.shutdown(next, commit).await
     }
 
+    /// Records held in memory: every record from a partition's oldest unfinished one
+    /// to its last fetched, done or not (what one stuck record holds back), which is
+    /// what fetching pauses on.
     fn pending(&self) -> usize {
-        self.parts.values().map(|p| p.records.len()).sum()
-    }
-
-    fn on_finished(&mut self, done: std::thread::Result<Outcome>) {
-        match done {
-            Ok(o) => self.on_outcome(o),
-            Err(panic) => {
-                // A panicking handler is a bug in it; the record stays pending (never
-                // committed) and the instance goes on.
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                error!("a handler panicked: {what}");
-            }
-        }
+        self.parts.values().map(|p| p.tracker.tracked()).sum()
     }
 
     fn publish_status(&self, polling: bool, committing: bool) {
@@ -879,7 +907,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         };
         let timeout = self.inst.service.handler_timeout;
         let transport = self.inst.runtime.transport.clone();
+        let (key_tp, key_offset) = (tp.clone(), offset);
         self.launch(
+            key_tp,
+            key_offset,
+            generation,
             async move {
                 let started = Instant::now();
                 let result = match tokio::time::timeout(timeout, handler(&ctx)).await {
@@ -917,10 +949,37 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         );
     }
 
-    /// Adds `f` to the running invocations.
-    fn launch(&mut self, f: impl Future<Output = Outcome> + Send + 'static) {
-        self.running
-            .push(Box::pin(std::panic::AssertUnwindSafe(f).catch_unwind()));
+    /// Adds `f`, the work on the record at `tp`/`offset`, to the running invocations.
+    /// A panic in it becomes a transient failure of that record, so it is retried and
+    /// in the end dead-lettered like any other failure, never left stuck.
+    fn launch(
+        &mut self,
+        tp: TopicPartition,
+        offset: i64,
+        generation: u64,
+        f: impl Future<Output = Outcome> + Send + 'static,
+    ) {
+        self.running.push(Box::pin(async move {
+            match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+                Ok(o) => o,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    error!(%tp, offset, "a handler panicked: {what}");
+                    Outcome {
+                        tp,
+                        offset,
+                        generation,
+                        result: OutcomeKind::Failed(HandlerError::transient(format!(
+                            "the handler panicked: {what}"
+                        ))),
+                    }
+                }
+            }
+        }));
     }
 
     /// The record at `offset` is done: handled, dead-lettered or skipped.
@@ -953,7 +1012,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 self.finish(&o.tp, o.offset);
             }
             OutcomeKind::DeadLetterFailed(e) => {
-                error!(tp = %o.tp, offset = o.offset, %e, "cannot write the dead letter; the record stays pending and is delivered again after a restart");
+                // The record stays unfinished (its offset is not committed) and is tried
+                // again later: its handler runs again, and gives up into the dead-letter
+                // topic again if it still fails.
+                error!(tp = %o.tp, offset = o.offset, %e, "cannot write the dead letter; trying the record again later");
+                self.wake_after(o.tp, o.offset, o.generation, DEAD_LETTER_RETRY);
             }
             OutcomeKind::Failed(err) => {
                 m.failed.fetch_add(1, Ordering::Relaxed);
@@ -1004,7 +1067,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .get(&w.tp)
             .is_some_and(|p| p.generation == w.generation && p.records.contains_key(&w.offset));
         if current {
-            self.invoke(w.tp.clone(), w.offset);
+            // Back in the queue, in offset order with its key, under the concurrency
+            // limit: many records waking at once do not all run at once.
+            if let Some(part) = self.parts.get_mut(&w.tp) {
+                part.tracker.release(w.offset);
+            }
         }
     }
 
@@ -1051,7 +1118,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             headers: hdrs,
         };
         let transport = self.inst.runtime.transport.clone();
-        self.launch(async move {
+        let key_tp = tp.clone();
+        self.launch(key_tp, offset, generation, async move {
             let mut last = String::new();
             for i in 0..DEAD_LETTER_SEND_ATTEMPTS {
                 match transport.send(vec![letter.clone()]).await {
@@ -1178,11 +1246,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let deadline = tokio::time::Instant::now() + self.inst.runtime.drain_timeout;
         while !self.running.is_empty() {
             tokio::select! {
-                Some(done) = self.running.next() => {
-                    if let Ok(o) = done {
-                        self.on_outcome(o);
-                    }
-                }
+                Some(done) = self.running.next() => self.on_outcome(done),
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(running = self.running.len(), "handlers still running at the drain deadline; their records will be handled again");
                     self.running = FuturesUnordered::new();
@@ -1283,6 +1347,16 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Waits for every table feeder to end (they watch the instance's stop), logging
+/// errors.
+async fn quiet(feeders: &mut JoinSet<Result<(), Error>>) {
+    while let Some(r) = feeders.join_next().await {
+        if let Ok(Err(e)) = r {
+            warn!(%e, "table feeder stopped on an error");
+        }
     }
 }
 

@@ -52,6 +52,7 @@ macro_rules! conformance {
             undecodable_and_unknown_records,
             emitted_events_carry_ids_derived_from_the_input,
             graceful_stop_commits_and_leaves,
+            a_panicking_handler_is_retried_then_dead_lettered,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {

@@ -520,3 +520,63 @@ pub async fn graceful_stop_commits_and_leaves(mut t: TestRuntime) {
     let _: Option<TableRef<Total>> = None;
     t.shutdown().await.unwrap();
 }
+
+async fn panics_on_boom(State(seen): State<Seen>, step: Step) -> Result<(), HandlerError> {
+    if step.key == "boom" {
+        panic!("a bug in the handler");
+    }
+    seen.log.lock().unwrap().push((step.key, step.seq));
+    Ok(())
+}
+
+pub async fn a_panicking_handler_is_retried_then_dead_lettered(mut t: TestRuntime) {
+    let seen = Seen::default();
+    let svc = Service::with_state("panicky", seen.clone())
+        .on::<Step, _>(panics_on_boom)
+        .partitions(1)
+        .recoverability(quick_retries().with_retries_max(1));
+    let i = t.start(svc).await.unwrap();
+    t.publish(&Step {
+        key: "boom".into(),
+        seq: 0,
+    })
+    .await
+    .unwrap();
+    t.publish(&Step {
+        key: "calm".into(),
+        seq: 0,
+    })
+    .await
+    .unwrap();
+    t.run_until_idle().await.unwrap();
+    assert_eq!(
+        seen.handled(),
+        vec![("calm".to_string(), 0)],
+        "the panic holds only its key"
+    );
+    assert_eq!(
+        t.metrics(i).retried,
+        1,
+        "a panic is a transient failure: retried"
+    );
+    t.advance(Duration::from_secs(1));
+    t.run_until_idle().await.unwrap();
+    assert_eq!(
+        t.metrics(i).dead_lettered,
+        1,
+        "then dead-lettered, not stuck"
+    );
+    let letters = t.dead_letters("panicky").await.unwrap();
+    let error = String::from_utf8(letters[0].header(dlq_headers::ERROR).unwrap().to_vec()).unwrap();
+    assert!(error.contains("panicked"), "{error}");
+    let committed: i64 = t
+        .transport()
+        .committed("panicky", "steps")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, o)| o)
+        .sum();
+    assert_eq!(committed, 2, "the partition's commit point moved past it");
+    t.shutdown().await.unwrap();
+}
