@@ -67,6 +67,8 @@ const PENDING_RECORDS_MAX: usize = 20_000;
 const RESTORE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `start` waits for a state file that is still held in this process.
 const STORE_OPEN_WAIT: Duration = Duration::from_secs(5);
+/// How often an idle instance recomputes its lag figures.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a record whose dead letter could not be written waits before it is tried
 /// again.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(30);
@@ -647,6 +649,7 @@ impl<S: Clone + Send + Sync + 'static> Instance<S> {
             generation: 0,
             rng: SplitMix64::from_entropy(),
             idle_seen: false,
+            lag_updated: None,
         };
         let result = worker.run(stop).await;
         drop(worker);
@@ -749,6 +752,9 @@ struct Worker<S> {
     rng: SplitMix64,
     /// The last poll found nothing new.
     idle_seen: bool,
+    /// When the lag figures were last computed (they cost a round trip per topic,
+    /// during which no handler makes progress).
+    lag_updated: Option<Instant>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
@@ -1175,6 +1181,26 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
             Delivery::Assigned(tps) => {
+                if !self.parts.is_empty() {
+                    // An assignment is the whole of it (eager rebalancing). Partitions
+                    // still held here mean a revocation was missed (the member was
+                    // dropped from its group while fetching was paused): finish what
+                    // runs, then forget them; their new owners start from the last
+                    // commit, so nothing is lost, and no key runs twice at once here.
+                    warn!(
+                        held = self.parts.len(),
+                        "assigned without a revocation; dropping the partitions held"
+                    );
+                    self.drain().await;
+                    self.parts.clear();
+                    self.timers.abort_all();
+                    self.inst
+                        .status
+                        .fetched
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                }
                 self.generation += 1;
                 self.inst.status.owned.store(tps.len(), Ordering::SeqCst);
                 self.inst.status.joined.store(true, Ordering::SeqCst);
@@ -1234,7 +1260,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 if self.running.is_empty() {
                     self.inst.status.idle_polls.fetch_add(1, Ordering::SeqCst);
                 }
-                self.update_lag().await;
+                if self.lag_updated.is_none_or(|t| t.elapsed() >= LAG_INTERVAL) {
+                    self.update_lag().await;
+                    self.lag_updated = Some(Instant::now());
+                }
             }
         }
         Ok(())
