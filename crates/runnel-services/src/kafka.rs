@@ -71,7 +71,13 @@
 //!   for a hot path.
 //! - librdkafka's defaults stand where this module sets nothing: for example a record
 //!   that cannot be delivered fails its send after `message.timeout.ms` (300 s); set
-//!   it lower through [`KafkaConfig::extra`] to fail sooner.
+//!   it lower through [`KafkaConfig::extra`] to fail sooner. Consumers set two fetch
+//!   settings for throughput and latency (`fetch.queue.backoff.ms=10`,
+//!   `fetch.wait.max.ms=100`), which `extra` overrides too.
+//! - A consumed record's bytes (key, value, header values) are copied out of
+//!   librdkafka into 64 KiB chunks shared by consecutive records, not one allocation
+//!   each: a record held long (a slow handler, a parked retry) keeps its chunk alive,
+//!   at most 64 KiB per record held.
 //! - Sessions shorter than 6 s are raised to 6 s, Kafka's default
 //!   `group.min.session.timeout.ms`, so one configuration works on every cluster.
 
@@ -82,7 +88,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -103,8 +109,12 @@ use crate::transport::{
 
 /// Records handed over per delivery, across partitions.
 const DELIVERY_RECORDS_MAX: usize = 4_096;
-/// Once a record arrived, how long the member thread keeps gathering more into the same
-/// delivery.
+/// Records a table reader hands over per poll (as many as the embedded transport's):
+/// the table feeder writes what it gathered in one transaction, so larger polls mean
+/// fewer commits.
+const READ_RECORDS_MAX: usize = 16_384;
+/// Once a record arrived and librdkafka's queue ran dry, how long the member thread
+/// waits for more to add to the same delivery.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// One poll of the member thread while nothing arrives: it bounds how long a command
 /// (commit, close) waits before the thread sees it.
@@ -128,6 +138,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 const SESSION_TIMEOUT_MIN: Duration = Duration::from_secs(6);
 /// The longest heartbeat interval: a member learns of a rebalance at its next heartbeat.
 const HEARTBEAT_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// Consumers' `fetch.queue.backoff.ms`: see [`fetch_defaults`].
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// Consumers' `fetch.wait.max.ms`: see [`fetch_defaults`].
+const FETCH_WAIT_MAX_MS: &str = "100";
 /// The producer's `linger.ms`: a little batching without a noticeable delay.
 const LINGER_MS: u32 = 5;
 
@@ -344,6 +358,18 @@ fn wait_visible<C: ClientContext>(client: &Client<C>, names: &[String]) -> Resul
     Ok(())
 }
 
+/// Fetch settings of every consumer (group members and readers), before the user's
+/// `extra`. librdkafka's defaults stand except where they starve a consumer that keeps
+/// up: once its local queue passes `queued.max.messages.kbytes` (64 MiB, about 150,000
+/// small records), a partition's next fetch waits `fetch.queue.backoff.ms` (1 s by
+/// default), longer than a fast consumer takes to empty the queue. `fetch.wait.max.ms`
+/// is the one `runnel bench consume` uses: a quiet partition's new records arrive within
+/// 100 ms.
+fn fetch_defaults(c: &mut ClientConfig) {
+    c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+}
+
 /// `Duration` as librdkafka's milliseconds, clamped to what it accepts.
 fn ms(d: Duration) -> String {
     d.as_millis().min(i32::MAX as u128).to_string()
@@ -466,6 +492,7 @@ impl Transport for Kafka {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        fetch_defaults(&mut c);
         self.config.finish(&mut c);
         let consumer: BaseConsumer = c
             .create()
@@ -484,7 +511,7 @@ impl Transport for Kafka {
         Ok(Box::new(KafkaReader {
             inner: Arc::new(ReaderInner {
                 consumer,
-                topics: Mutex::new(Topics::default()),
+                intake: Mutex::new(Intake::default()),
             }),
             in_flight: None,
         }))
@@ -561,29 +588,63 @@ impl Topics {
     }
 }
 
+/// Where one consumer copies the bytes of its records (keys, values, header values)
+/// out of librdkafka's memory: chunks of [`ARENA_CHUNK`] shared by consecutive records,
+/// so a record's bytes cost no allocation of their own (a chunk is one allocation, and
+/// one more when its first slice is taken). A chunk is freed when the last record
+/// cut from it is dropped; a value larger than a chunk gets its own.
+#[derive(Debug, Default)]
+struct Arena(BytesMut);
+
+/// The size of an [`Arena`] chunk: a few hundred small records. Small enough that a
+/// record held long (a slow handler) keeps little else alive.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+impl Arena {
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.is_empty() {
+            return Bytes::new();
+        }
+        if self.0.capacity() < bytes.len() {
+            self.0 = BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
+        }
+        self.0.extend_from_slice(bytes);
+        self.0.split().freeze()
+    }
+}
+
+/// What a consumer keeps from record to record to copy them cheaply.
+#[derive(Debug, Default)]
+struct Intake {
+    topics: Topics,
+    arena: Arena,
+}
+
 /// A librdkafka message as the runtime sees it (copied: the message lives in
-/// librdkafka's memory).
-fn record_of(m: &BorrowedMessage<'_>, topics: &mut Topics) -> Record {
+/// librdkafka's memory). Header names are `String`s (the [`Record`] type); all the
+/// bytes go to the arena.
+fn record_of(m: &BorrowedMessage<'_>, intake: &mut Intake) -> Record {
+    let arena = &mut intake.arena;
     let headers = m
         .headers()
         .map(|h| {
-            (0..h.count())
-                .map(|i| {
-                    let h = h.get(i);
-                    (h.key.to_string(), h.value.map(Bytes::copy_from_slice))
-                })
-                .collect()
+            let mut out = Vec::with_capacity(h.count());
+            out.extend(
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(|v| arena.copy(v)))),
+            );
+            out
         })
         .unwrap_or_default();
     Record {
         tp: TopicPartition {
-            topic: topics.intern(m.topic()),
+            topic: intake.topics.intern(m.topic()),
             partition: m.partition(),
         },
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
-        key: m.key().map(Bytes::copy_from_slice),
-        value: m.payload().map(Bytes::copy_from_slice),
+        key: m.key().map(|k| intake.arena.copy(k)),
+        value: m.payload().map(|v| intake.arena.copy(v)),
         headers,
     }
 }
@@ -605,7 +666,7 @@ struct KafkaReader {
 /// What a reader's blocking poll needs.
 struct ReaderInner {
     consumer: BaseConsumer,
-    topics: Mutex<Topics>,
+    intake: Mutex<Intake>,
 }
 
 /// Takes the lock, even if a panic poisoned it (the data stays consistent: every
@@ -618,16 +679,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// delivery limit.
 fn read_batch(inner: &ReaderInner, wait: Duration) -> Result<Vec<Record>, Error> {
     let deadline = Instant::now() + wait;
-    let mut topics = lock(&inner.topics);
+    let mut intake = lock(&inner.intake);
     let mut out = Vec::new();
-    while out.len() < DELIVERY_RECORDS_MAX {
+    while out.len() < READ_RECORDS_MAX {
         let timeout = if out.is_empty() {
             deadline.saturating_duration_since(Instant::now())
         } else {
             Duration::ZERO
         };
         match inner.consumer.poll(timeout) {
-            Some(Ok(m)) => out.push(record_of(&m, &mut topics)),
+            Some(Ok(m)) => out.push(record_of(&m, &mut intake)),
             Some(Err(e)) if is_fatal(&e) => {
                 return Err(Error::Transport(format!("reader: {e}")));
             }
@@ -962,23 +1023,22 @@ fn commit_offsets(
 
 /// Polls into the bridge's batch: up to [`POLL_SLICE`] for a first record, then what
 /// arrives within [`BATCH_WINDOW`], up to [`DELIVERY_RECORDS_MAX`]. Rebalance callbacks
-/// run inside these polls.
-fn gather(consumer: &BaseConsumer<Bridge>, topics: &mut Topics) -> Result<(), Error> {
+/// run inside these polls. What librdkafka already holds is taken without a timeout
+/// (no clock reading per record); the window's clock runs only when it holds nothing.
+fn gather(consumer: &BaseConsumer<Bridge>, intake: &mut Intake) -> Result<(), Error> {
     let bridge = consumer.context();
     let mut window_end: Option<Instant> = None;
+    let mut timeout = POLL_SLICE;
     loop {
-        let timeout = window_end.map_or(POLL_SLICE, |end| {
-            end.saturating_duration_since(Instant::now())
-        });
         match consumer.poll(timeout) {
             Some(Ok(m)) => {
-                let r = record_of(&m, topics);
+                let r = record_of(&m, intake);
                 let mut batch = lock(&bridge.batch);
                 batch.push(r);
                 if batch.len() >= DELIVERY_RECORDS_MAX {
                     return Ok(());
                 }
-                window_end.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);
+                timeout = Duration::ZERO;
             }
             Some(Err(e)) if is_fatal(&e) => {
                 return Err(Error::Transport(format!("group {:?}: {e}", bridge.group)));
@@ -986,6 +1046,14 @@ fn gather(consumer: &BaseConsumer<Bridge>, topics: &mut Topics) -> Result<(), Er
             Some(Err(e)) => {
                 warn!(group = %bridge.group, %e, "consumer error; librdkafka retries");
                 return Ok(());
+            }
+            // Nothing queued: wait for more while the window lasts.
+            None if timeout.is_zero() => {
+                let end = *window_end.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);
+                timeout = end.saturating_duration_since(Instant::now());
+                if timeout.is_zero() {
+                    return Ok(());
+                }
             }
             None => return Ok(()),
         }
@@ -996,9 +1064,9 @@ fn gather(consumer: &BaseConsumer<Bridge>, topics: &mut Topics) -> Result<(), Er
 /// leaves the group (close) or just stops (drop).
 fn run_member(consumer: BaseConsumer<Bridge>) {
     let bridge = consumer.context().clone();
-    let mut topics = Topics::default();
+    let mut intake = Intake::default();
     while !bridge.stopping() && bridge.serve_queued(&consumer) {
-        if let Err(e) = gather(&consumer, &mut topics) {
+        if let Err(e) = gather(&consumer, &mut intake) {
             if bridge.flush(&consumer, None) {
                 bridge.forward(&consumer, Err(e), None);
             }
@@ -1056,6 +1124,7 @@ impl KafkaMember {
         if let Some(id) = &options.instance_id {
             c.set("group.instance.id", id);
         }
+        fetch_defaults(&mut c);
         config.finish(&mut c);
         let (deliveries_tx, deliveries) = mpsc::channel(DELIVERIES_QUEUED_MAX);
         let (commands, commands_rx) = std_mpsc::channel();
@@ -1173,5 +1242,33 @@ impl Drop for KafkaMember {
             self.flags.abandoned.store(true, Ordering::SeqCst);
             self.flags.stopping.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_copies_are_independent_slices_of_shared_chunks() {
+        let mut arena = Arena::default();
+        let a = arena.copy(b"key-1");
+        let b = arena.copy(b"a value");
+        assert_eq!(arena.copy(b""), Bytes::new());
+        assert_eq!((&a[..], &b[..]), (&b"key-1"[..], &b"a value"[..]));
+        // Consecutive copies share a chunk.
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+        // Filling the chunk starts a new one; what was copied before stays as it was.
+        let filler = vec![7u8; ARENA_CHUNK - a.len() - b.len() - 1];
+        let f = arena.copy(&filler);
+        let next = arena.copy(b"xy");
+        assert_eq!(&next[..], b"xy");
+        assert_ne!(f.as_ptr().wrapping_add(f.len()), next.as_ptr());
+        assert!(f.iter().all(|&x| x == 7));
+        // Larger than a chunk: its own allocation.
+        let big = vec![1u8; ARENA_CHUNK * 2 + 3];
+        assert_eq!(arena.copy(&big), Bytes::from(big));
+        drop((a, f));
+        assert_eq!(&b[..], b"a value");
     }
 }
