@@ -429,6 +429,18 @@ impl Reader for EmbeddedReader {
             fetch_all(&mut self.parts, &mut self.rotate, READER_RECORDS_MAX)
         })
     }
+
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        self.parts
+            .iter()
+            .map(|f| {
+                (
+                    f.tp.clone(),
+                    f.buffered.front().map_or(f.next, |r| r.offset),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Set by the heartbeat task when the member must rejoin.

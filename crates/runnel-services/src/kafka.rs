@@ -717,6 +717,25 @@ impl Reader for KafkaReader {
             done.map_err(|e| Error::Transport(format!("reader task failed: {e}")))?
         })
     }
+
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        if self.in_flight.is_some() {
+            // A poll is under way: what it takes is not handed over yet.
+            return Vec::new();
+        }
+        let Ok(list) = self.inner.consumer.position() else {
+            return Vec::new();
+        };
+        list.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => {
+                    Some((TopicPartition::new(e.topic(), e.partition()), o))
+                }
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// What the runtime's side asks of a member thread.

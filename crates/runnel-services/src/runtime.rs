@@ -1519,8 +1519,8 @@ impl TableFeeder {
                     }
                 }
                 got = polled.recv(), if room => {
-                    let records = match got {
-                        Some(Ok(records)) => records,
+                    let Polled { records, positions } = match got {
+                        Some(Ok(p)) => p,
                         Some(Err(e)) => {
                             land(writing).await?;
                             return Err(e);
@@ -1532,6 +1532,18 @@ impl TableFeeder {
                         // Idle only once everything read is written too: the test
                         // harness takes this as "the table has caught up".
                         if writing.is_none() && gathered.is_empty() {
+                            // A source whose tail holds no record (compaction removed
+                            // it) is caught up once the reader stands at its target.
+                            for (tp, at) in &positions {
+                                Status::note(&self.status.applied, tp, *at);
+                                if targets.get(tp).is_some_and(|target| at >= target) {
+                                    targets.remove(tp);
+                                }
+                            }
+                            if targets.is_empty() && !*ready.borrow() {
+                                info!(table = %name, records = applied, "table restored");
+                                let _ = ready.send(true);
+                            }
                             self.status.table_idle_polls.fetch_add(1, Ordering::SeqCst);
                         }
                     } else if gathered.is_empty() {
@@ -1593,7 +1605,7 @@ impl<T> Drop for AbortOnDrop<T> {
 async fn read_table_sources(
     mut reader: Box<dyn crate::transport::Reader>,
     idle_poll: Duration,
-    polled: mpsc::Sender<Result<Vec<Record>, Error>>,
+    polled: mpsc::Sender<Result<Polled, Error>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -1602,10 +1614,26 @@ async fn read_table_sources(
             () = stopped(&mut stop) => return,
         };
         let failed = got.is_err();
+        let got = got.map(|records| {
+            // Where the reader stands matters when it has nothing more to hand over.
+            let positions = if records.is_empty() {
+                reader.positions()
+            } else {
+                Vec::new()
+            };
+            Polled { records, positions }
+        });
         if polled.send(got).await.is_err() || failed {
             return;
         }
     }
+}
+
+/// One poll of a table's sources.
+struct Polled {
+    records: Vec<Record>,
+    /// On an empty poll, the reader's position per partition.
+    positions: Vec<(TopicPartition, i64)>,
 }
 
 /// Applies records to a table in one atomic write, with the offsets they reach.

@@ -181,6 +181,12 @@ pub trait GroupConsumer: Send {
 pub trait Reader: Send {
     /// Records from the assigned partitions, or none after about `wait`.
     fn poll(&mut self, wait: Duration) -> BoxFuture<'_, Result<Vec<Record>, Error>>;
+
+    /// Per partition, the offset of the next record this reader would hand over (past
+    /// the end of the last batch read, so past offsets compaction removed). Partitions
+    /// whose position is not known yet are left out. Tables use it to know they caught
+    /// up when the log's tail holds no record.
+    fn positions(&self) -> Vec<(TopicPartition, i64)>;
 }
 
 /// A log the runtime can run services on.
