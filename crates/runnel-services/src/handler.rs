@@ -97,6 +97,14 @@ impl Invocation {
         })
     }
 
+    /// Whether the handler emitted nothing (so far).
+    pub(crate) fn nothing_emitted(&self) -> bool {
+        self.emitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// The trace this invocation continues.
     pub(crate) fn trace(&self) -> &TraceParent {
         self.trace.get_or_init(|| {

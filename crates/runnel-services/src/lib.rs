@@ -115,6 +115,7 @@ mod dedup;
 pub mod dlq;
 pub mod embedded;
 mod error;
+mod fxhash;
 mod handler;
 pub mod http;
 #[cfg(feature = "kafka")]

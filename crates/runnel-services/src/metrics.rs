@@ -35,16 +35,19 @@ pub struct Metrics {
     pub table_errors: AtomicU64,
     /// Commits that went through.
     pub commits: AtomicU64,
-    latency: Mutex<Histogram>,
+    latency: Histogram,
     /// Lag per partition, as last computed: high watermark minus the committed point.
     lag: Mutex<BTreeMap<String, i64>>,
 }
 
+/// Handler latencies: plain atomics, so that the worker records one without a lock.
 #[derive(Debug, Default)]
 struct Histogram {
-    counts: [u64; LATENCY_BUCKETS_S.len()],
-    count: u64,
-    sum_s: f64,
+    /// Per bucket (not cumulative).
+    counts: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    /// The sum, in nanoseconds.
+    sum_ns: AtomicU64,
 }
 
 /// A copy of the counters, for tests and tools.
@@ -72,12 +75,13 @@ impl Metrics {
     /// Adds one handler latency.
     pub fn observe_latency(&self, d: Duration) {
         let s = d.as_secs_f64();
-        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &self.latency;
         if let Some(i) = LATENCY_BUCKETS_S.iter().position(|b| s <= *b) {
-            h.counts[i] += 1;
+            h.counts[i].fetch_add(1, Ordering::Relaxed);
         }
-        h.count += 1;
-        h.sum_s += s;
+        h.count.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        h.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Replaces the lag figures.
@@ -151,7 +155,8 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
-        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &self.latency;
+        let count = h.count.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP runnel_service_handler_seconds Handler latency."
@@ -159,7 +164,7 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE runnel_service_handler_seconds histogram");
         let mut cumulative = 0;
         for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
-            cumulative += h.counts[i];
+            cumulative += h.counts[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "runnel_service_handler_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}"
@@ -168,19 +173,18 @@ impl Metrics {
         let _ = writeln!(
             out,
             "runnel_service_handler_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-            h.count
+            count.max(cumulative)
         );
         let _ = writeln!(
             out,
             "runnel_service_handler_seconds_sum{{{labels}}} {}",
-            h.sum_s
+            h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
         let _ = writeln!(
             out,
             "runnel_service_handler_seconds_count{{{labels}}} {}",
-            h.count
+            count.max(cumulative)
         );
-        drop(h);
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(
             out,

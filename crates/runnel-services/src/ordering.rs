@@ -10,6 +10,8 @@
 //! - **Per-key order.** A record may start only when every earlier record with the same
 //!   key is done. A record waiting for a retry or parked still holds its key, so later
 //!   records of that key wait behind it while other keys go on.
+//!   Keys are told apart by a 64-bit hash: two keys whose hashes collide are ordered as
+//!   one key (never less order, only less concurrency).
 //! - **Records without a key** are ordered among themselves as if they shared one key.
 //!   Kafka gives them no order to keep, but a producer that sends unkeyed records one by
 //!   one usually means them in that order, and running them one at a time is the safe
@@ -33,7 +35,17 @@
 //! Misuse (pushing offsets out of order, finishing a record that was not started) is a
 //! bug in the runtime, not an input error, and panics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::Hasher;
+
+use bytes::Bytes;
+
+use crate::fxhash::{FxHashMap, FxHasher};
+
+/// Empty key queues kept for reuse, at most: a key that comes and goes costs no
+/// allocation.
+const SPARE_QUEUES_MAX: usize = 1_024;
 
 /// Where a tracked record is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,22 +63,50 @@ enum State {
 struct Record {
     /// Where the record is in its life.
     state: State,
-    /// Its key, to find its queue in `keys`; taken out when done, as it is no longer needed.
-    key: Option<Vec<u8>>,
+    /// Its key's hash, to find its queue in `keys`.
+    key: u64,
+}
+
+/// A key's identity in the tracker: a 64-bit hash, with "no key" apart from every key.
+fn key_hash(key: Option<&[u8]>) -> u64 {
+    let Some(key) = key else {
+        return 0;
+    };
+    let mut h = FxHasher::default();
+    h.write_usize(key.len());
+    h.write(key);
+    // Fx mixes poorly in the low bits; spread the high ones down (murmur3's finalizer),
+    // and keep 0 for "no key".
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x.max(1)
 }
 
 /// The ordering and commit state of one partition.
 #[derive(Debug, Default)]
 pub struct PartitionTracker {
-    /// Every record from the oldest unfinished one up to the last pushed, by offset. A
+    /// Every record from the oldest unfinished one up to the last pushed, in offset order
+    /// (offsets grow from push to push, so this is sorted; see [`Self::index`]). A
     /// prefix of done records is dropped as soon as it forms, moving `commit_point`.
-    records: BTreeMap<i64, Record>,
+    records: VecDeque<(i64, Record)>,
     /// For each key with unfinished records, their offsets in order; the front is the only
     /// one that may be started. Keys leave the map when their last record is done, so it
     /// holds at most as many keys as there are unfinished records.
-    keys: HashMap<Option<Vec<u8>>, VecDeque<i64>>,
-    /// Records that may start now: waiting, and first unfinished of their key.
-    runnable: BTreeSet<i64>,
+    ///
+    /// Keys are known by a 64-bit hash ([`key_hash`]), so the tracker keeps no copy of
+    /// them. Two keys with the same hash share a queue: they are then handled one at a
+    /// time, in offset order, like one key; order is never broken, only concurrency lost,
+    /// and for that the hashes of two of a partition's pending keys must collide.
+    keys: FxHashMap<u64, VecDeque<i64>>,
+    /// Emptied key queues, reused for new keys.
+    spare: Vec<VecDeque<i64>>,
+    /// Records that may start now: waiting, and first unfinished of their key (a min-heap
+    /// of offsets; an offset is in it at most once, as only a waiting record is).
+    runnable: BinaryHeap<Reverse<i64>>,
     /// One past the last record of the done prefix: the offset that may be committed.
     commit_point: Option<i64>,
     /// The last offset passed to `mark_committed`.
@@ -92,22 +132,45 @@ impl PartitionTracker {
     ///
     /// If `offset` is not above the last pushed offset.
     pub fn push(&mut self, offset: i64, key: Option<Vec<u8>>) {
+        self.push_bytes(offset, key.map(Bytes::from));
+    }
+
+    /// [`push`](Self::push) with the key as the record's own `Bytes` (no copy).
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not above the last pushed offset.
+    pub fn push_bytes(&mut self, offset: i64, key: Option<Bytes>) {
+        self.push_key(offset, key.as_deref());
+    }
+
+    /// [`push`](Self::push) with the key borrowed: the tracker keeps only its hash.
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not above the last pushed offset.
+    pub fn push_key(&mut self, offset: i64, key: Option<&[u8]>) {
+        let key = key_hash(key);
         if let Some(last) = self.last_pushed {
             assert!(offset > last, "offset {offset} pushed after {last}");
         }
         self.last_pushed = Some(offset);
-        let queue = self.keys.entry(key.clone()).or_default();
+        let spare = &mut self.spare;
+        let queue = self
+            .keys
+            .entry(key)
+            .or_insert_with(|| spare.pop().unwrap_or_default());
         if queue.is_empty() {
-            self.runnable.insert(offset);
+            self.runnable.push(Reverse(offset));
         }
         queue.push_back(offset);
-        self.records.insert(
+        self.records.push_back((
             offset,
             Record {
                 state: State::Waiting,
                 key,
             },
-        );
+        ));
         self.pending += 1;
     }
 
@@ -115,7 +178,7 @@ impl PartitionTracker {
     /// earlier record of its key unfinished. `None` if every unfinished record is started
     /// or waits behind its key.
     pub fn next_runnable(&mut self) -> Option<i64> {
-        let offset = self.runnable.pop_first()?;
+        let Reverse(offset) = self.runnable.pop()?;
         let record = self.record_mut(offset);
         assert_eq!(
             record.state,
@@ -141,7 +204,7 @@ impl PartitionTracker {
             "done({offset}) on a record not started"
         );
         record.state = State::Done;
-        let key = record.key.take();
+        let key = record.key;
         self.in_flight -= 1;
         self.pending -= 1;
 
@@ -155,10 +218,14 @@ impl PartitionTracker {
         );
         match queue.front() {
             Some(&next) => {
-                self.runnable.insert(next);
+                self.runnable.push(Reverse(next));
             }
             None => {
-                self.keys.remove(&key);
+                if let Some(q) = self.keys.remove(&key)
+                    && self.spare.len() < SPARE_QUEUES_MAX
+                {
+                    self.spare.push(q);
+                }
             }
         }
         self.drop_done_prefix();
@@ -180,7 +247,7 @@ impl PartitionTracker {
         );
         record.state = State::Waiting;
         self.in_flight -= 1;
-        self.runnable.insert(offset);
+        self.runnable.push(Reverse(offset));
     }
 
     /// The offset to commit next: one past the highest offset at or below which every
@@ -233,21 +300,31 @@ impl PartitionTracker {
 
     /// The tracked record at `offset`.
     fn record_mut(&mut self, offset: i64) -> &mut Record {
-        match self.records.get_mut(&offset) {
-            Some(record) => record,
+        match self.index(offset) {
+            Some(i) => &mut self.records[i].1,
             None => panic!("record {offset} is not tracked"),
         }
     }
 
+    /// Where `offset` is in `records`: without gaps in the offsets (the usual case) at
+    /// its distance from the first, else found by binary search.
+    fn index(&self, offset: i64) -> Option<usize> {
+        let first = self.records.front()?.0;
+        let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
+        if self.records.get(guess).is_some_and(|(o, _)| *o == offset) {
+            return Some(guess);
+        }
+        self.records.binary_search_by_key(&offset, |(o, _)| *o).ok()
+    }
+
     /// Drops done records from the front, moving the commit point past them.
     fn drop_done_prefix(&mut self) {
-        while let Some(first) = self.records.first_entry() {
-            if first.get().state != State::Done {
+        while let Some((offset, first)) = self.records.front() {
+            if first.state != State::Done {
                 break;
             }
-            let offset = *first.key();
-            first.remove();
             self.commit_point = Some(offset + 1);
+            self.records.pop_front();
         }
     }
 }

@@ -23,10 +23,12 @@
 //! The group consumer lives in its own task (the *poller*) and takes one command at a
 //! time (next, commit, revoked, close): the transports' calls need not be
 //! cancellation-safe, and the worker loop never awaits the consumer directly. Handler
-//! invocations are futures the worker polls itself (a `FuturesUnordered`, each behind
-//! `catch_unwind`, so a panicking handler loses only its record's attempt), at most
-//! `concurrency` at a time; retries and parks are timers on the runtime's
-//! [`Clock`], so tests drive them with virtual time.
+//! invocations are futures the worker polls itself, each behind `catch_unwind`, so a
+//! panicking handler loses only its record's attempt, at most `concurrency` at a time:
+//! the worker runs an invocation's first step (extractors, first poll of the handler)
+//! as it starts it, and one that finishes there with nothing to emit (most do) is done
+//! at once; the others go on in a `FuturesUnordered`. Retries and parks are timers on
+//! the runtime's [`Clock`], so tests drive them with virtual time.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +47,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, HandlerError};
+use crate::fxhash::FxHashMap;
 use crate::handler::{Context, ErasedHandler, Invocation, TableSet};
 use crate::metadata::headers;
 use crate::metrics::{Metrics, Snapshot};
@@ -63,6 +66,8 @@ const IDLE_POLL_DEFAULT: Duration = Duration::from_millis(200);
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// Records fetched but not finished, per instance, before fetching pauses.
 const PENDING_RECORDS_MAX: usize = 20_000;
+/// Records one round of the worker starts at most before it looks at its other work.
+const START_BUDGET: usize = 4_096;
 /// How often a table restore reports progress.
 const RESTORE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `start` waits for a state file that is still held in this process.
@@ -632,7 +637,7 @@ impl<S: Clone + Send + Sync + 'static> Instance<S> {
         let (cmd, rx) = mpsc::channel(4);
         let poller =
             tokio::spawn(poll_loop(consumer, rx, self.runtime.idle_poll).in_current_span());
-        let mut routes: HashMap<String, HashMap<String, ErasedHandler<S>>> = HashMap::new();
+        let mut routes: Routes<S> = FxHashMap::default();
         for ((topic, ty), h) in &self.service.routes {
             routes
                 .entry(topic.clone())
@@ -642,7 +647,8 @@ impl<S: Clone + Send + Sync + 'static> Instance<S> {
         let mut worker = Worker {
             inst: self.clone(),
             routes,
-            parts: HashMap::new(),
+            parts: FxHashMap::default(),
+            scratch_starts: Vec::new(),
             running: FuturesUnordered::new(),
             timers: JoinSet::new(),
             cmd,
@@ -701,14 +707,26 @@ async fn poll_loop(
 /// One owned partition: what was fetched and where each record stands.
 struct Part {
     tracker: PartitionTracker,
-    records: BTreeMap<i64, Arc<Record>>,
+    /// The records fetched and not finished, by offset.
+    records: FxHashMap<i64, Arc<Record>>,
     /// Failures so far per offset (retries and parks count separately in `decide`).
-    attempts: HashMap<i64, u32>,
+    attempts: FxHashMap<i64, u32>,
     /// The assignment this state belongs to: outcomes of older ones are ignored.
     generation: u64,
     /// The highest offset pushed: a transport that delivers a record twice within one
     /// assignment does not get it handled twice.
     last_pushed: i64,
+}
+
+impl Part {
+    /// The record at `offset` is done: handled, dead-lettered or skipped.
+    fn finish(&mut self, offset: i64) {
+        self.tracker.done(offset);
+        self.records.remove(&offset);
+        if !self.attempts.is_empty() {
+            self.attempts.remove(&offset);
+        }
+    }
 }
 
 /// The end of one handler invocation (or dead-letter send).
@@ -726,6 +744,26 @@ enum OutcomeKind {
     DeadLetterFailed(String),
 }
 
+/// Where a handler stands after its first poll.
+enum Step {
+    Done(Result<(), HandlerError>),
+    Pending(crate::transport::BoxFuture<'static, Result<(), HandlerError>>),
+}
+
+/// A panic in the work on a record: a transient failure of that record, so it is
+/// retried and in the end dead-lettered like any other failure, never left stuck.
+fn panicked(tp: &TopicPartition, offset: i64, panic: &(dyn std::any::Any + Send)) -> OutcomeKind {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    error!(%tp, offset, "a handler panicked: {what}");
+    OutcomeKind::Failed(HandlerError::transient(format!(
+        "the handler panicked: {what}"
+    )))
+}
+
 /// A running invocation: its outcome, or the panic that ended it.
 type Running = std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
@@ -736,12 +774,18 @@ struct Wake {
     generation: u64,
 }
 
+/// The service's handlers by topic, then event type.
+type Routes<S> = FxHashMap<String, FxHashMap<String, ErasedHandler<S>>>;
+
 struct Worker<S> {
     inst: Arc<Instance<S>>,
     /// The service's handlers by topic, then event type: looked up per record without
     /// building a key.
-    routes: HashMap<String, HashMap<String, ErasedHandler<S>>>,
-    parts: HashMap<TopicPartition, Part>,
+    routes: Routes<S>,
+    parts: FxHashMap<TopicPartition, Part>,
+    /// The records `start_runnable` picked and is starting (kept to reuse its
+    /// allocation).
+    scratch_starts: Vec<(TopicPartition, i64)>,
     /// Handler invocations and dead-letter sends, polled by the worker itself: no task
     /// spawn per record, and a handler that finishes on its first poll (most do) costs
     /// no wake-up. A panic ends only its own future.
@@ -765,8 +809,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.start_runnable();
-            self.publish_status(next.is_some(), commit.is_some());
+            let more = self.start_runnable();
+            self.publish_status(next.is_some(), commit.is_some(), more);
             if next.is_none() && self.pending() < PENDING_RECORDS_MAX {
                 let (tx, rx) = oneshot::channel();
                 if self.cmd.send(Cmd::Next(tx)).await.is_err() {
@@ -794,6 +838,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     self.on_committed(done.done, c);
                 }
                 _ = commit_tick.tick() => {}
+                () = tokio::task::yield_now(), if more => {}
             }
             // Commit on a timer, and at once when the partition went quiet (so an idle
             // service has committed everything it handled).
@@ -812,40 +857,66 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         self.parts.values().map(|p| p.tracker.tracked()).sum()
     }
 
-    fn publish_status(&self, polling: bool, committing: bool) {
+    fn publish_status(&self, polling: bool, committing: bool, more: bool) {
         let waiting = self.timers.len();
         let committable = self
             .parts
             .values()
             .any(|p| p.tracker.committable().is_some());
-        // `start_runnable` ran just before: with nothing running, nothing can run.
-        let idle = self.idle_seen && self.running.is_empty() && !committable && !committing;
+        // `start_runnable` ran just before: with nothing running and its budget not
+        // spent (`more`), nothing can run.
+        let idle =
+            self.idle_seen && !more && self.running.is_empty() && !committable && !committing;
         let _ = polling;
         self.inst.status.waiting.store(waiting, Ordering::SeqCst);
         self.inst.status.idle.store(idle, Ordering::SeqCst);
     }
 
     /// Starts every record whose key is free, up to the concurrency limit.
-    fn start_runnable(&mut self) {
+    ///
+    /// Partitions take turns, one record each. Invocations that finish on their first
+    /// poll free their place at once, so one call may go through many records; it stops
+    /// after `START_BUDGET` of them and answers `true` when there may be more, so that
+    /// the worker looks at its other work (and lets other tasks run) in between.
+    fn start_runnable(&mut self) -> bool {
         let limit = self.inst.service.concurrency;
-        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
-        let mut progress = true;
-        while progress && self.running.len() < limit {
-            progress = false;
-            for tp in &tps {
-                if self.running.len() >= limit {
-                    break;
+        let mut batch = std::mem::take(&mut self.scratch_starts);
+        let mut started = 0;
+        let mut more = false;
+        loop {
+            let room = limit.saturating_sub(self.running.len());
+            if room == 0 || self.parts.is_empty() {
+                break;
+            }
+            if started >= START_BUDGET {
+                more = true;
+                break;
+            }
+            // Pick up to `room` records, going round the partitions.
+            batch.clear();
+            let mut progress = true;
+            while progress && batch.len() < room {
+                progress = false;
+                for (tp, part) in &mut self.parts {
+                    if batch.len() >= room {
+                        break;
+                    }
+                    if let Some(offset) = part.tracker.next_runnable() {
+                        batch.push((tp.clone(), offset));
+                        progress = true;
+                    }
                 }
-                let Some(part) = self.parts.get_mut(tp) else {
-                    continue;
-                };
-                let Some(offset) = part.tracker.next_runnable() else {
-                    continue;
-                };
-                progress = true;
-                self.invoke(tp.clone(), offset);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            started += batch.len();
+            for (tp, offset) in batch.drain(..) {
+                self.invoke(tp, offset);
             }
         }
+        self.scratch_starts = batch;
+        more
     }
 
     fn route(&self, record: &Record) -> Option<ErasedHandler<S>> {
@@ -912,52 +983,101 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             state: self.inst.service.state.clone(),
         };
         let timeout = self.inst.service.handler_timeout;
-        let transport = self.inst.runtime.transport.clone();
-        let (key_tp, key_offset) = (tp.clone(), offset);
-        self.launch(
-            key_tp,
-            key_offset,
-            generation,
-            async move {
-                let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, handler(&ctx)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(HandlerError::transient(format!(
-                        "the handler took longer than {timeout:?}"
-                    ))),
+        let started = Instant::now();
+        // The first step here and now: the extractors (decoding the event) and the
+        // handler's first poll, where most handlers finish. One that finished with
+        // nothing to emit is done without a future of the runtime's own; the rest go on
+        // in `running`.
+        let first = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut fut = handler(&ctx);
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match fut.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(r) => Step::Done(r),
+                    std::task::Poll::Pending => Step::Pending(fut),
+                }
+            }))
+        };
+        drop(ctx);
+        let step = match first {
+            Ok(Step::Done(Ok(()))) if inv.nothing_emitted() => {
+                let result = OutcomeKind::Handled {
+                    latency: started.elapsed(),
+                    emitted: 0,
                 };
-                let result = match result {
-                    Ok(()) => {
-                        let emitted = std::mem::take(
-                            &mut *inv.emitted.lock().unwrap_or_else(|p| p.into_inner()),
-                        );
-                        let n = emitted.len();
-                        match send_all(&*transport, emitted).await {
-                            Ok(()) => OutcomeKind::Handled {
-                                latency: started.elapsed(),
-                                emitted: n,
-                            },
-                            Err(e) => OutcomeKind::Failed(HandlerError::transient(format!(
-                                "sending emitted events: {e}"
-                            ))),
-                        }
-                    }
-                    Err(e) => OutcomeKind::Failed(e),
-                };
-                Outcome {
+                return self.on_outcome(Outcome {
                     tp,
                     offset,
                     generation,
                     result,
-                }
+                });
             }
-            .instrument(span),
-        );
+            Ok(Step::Done(Err(e))) => {
+                return self.on_outcome(Outcome {
+                    tp,
+                    offset,
+                    generation,
+                    result: OutcomeKind::Failed(e),
+                });
+            }
+            Ok(step) => step,
+            Err(panic) => {
+                let result = panicked(&tp, offset, &*panic);
+                return self.on_outcome(Outcome {
+                    tp,
+                    offset,
+                    generation,
+                    result,
+                });
+            }
+        };
+        let transport = self.inst.runtime.transport.clone();
+        let (key_tp, key_offset) = (tp.clone(), offset);
+        let work = async move {
+            let result = match step {
+                Step::Pending(fut) => within(fut, started, timeout).await,
+                Step::Done(r) => r,
+            };
+            let result = match result {
+                Ok(()) => {
+                    let emitted =
+                        std::mem::take(&mut *inv.emitted.lock().unwrap_or_else(|p| p.into_inner()));
+                    let n = emitted.len();
+                    match send_all(&*transport, emitted).await {
+                        Ok(()) => OutcomeKind::Handled {
+                            latency: started.elapsed(),
+                            emitted: n,
+                        },
+                        Err(e) => OutcomeKind::Failed(HandlerError::transient(format!(
+                            "sending emitted events: {e}"
+                        ))),
+                    }
+                }
+                Err(e) => OutcomeKind::Failed(e),
+            };
+            Outcome {
+                tp,
+                offset,
+                generation,
+                result,
+            }
+        };
+        if span.is_disabled() {
+            self.launch(key_tp, key_offset, generation, work);
+        } else {
+            self.launch(key_tp, key_offset, generation, work.instrument(span));
+        }
     }
 
     /// Adds `f`, the work on the record at `tp`/`offset`, to the running invocations.
     /// A panic in it becomes a transient failure of that record, so it is retried and
     /// in the end dead-lettered like any other failure, never left stuck.
+    ///
+    /// `f` is polled once here, at once: most handlers finish on their first poll, and
+    /// their outcome is taken without going through `running` (no task, no wake-up).
+    /// One that does not finish moves to `running`, which polls it again at once with
+    /// its own waker (the no-op waker of this first poll is never needed).
     fn launch(
         &mut self,
         tp: TopicPartition,
@@ -965,57 +1085,55 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         generation: u64,
         f: impl Future<Output = Outcome> + Send + 'static,
     ) {
-        self.running.push(Box::pin(async move {
+        let mut fut: Running = Box::pin(async move {
             match std::panic::AssertUnwindSafe(f).catch_unwind().await {
                 Ok(o) => o,
                 Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    error!(%tp, offset, "a handler panicked: {what}");
+                    let result = panicked(&tp, offset, &*panic);
                     Outcome {
                         tp,
                         offset,
                         generation,
-                        result: OutcomeKind::Failed(HandlerError::transient(format!(
-                            "the handler panicked: {what}"
-                        ))),
+                        result,
                     }
                 }
             }
-        }));
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(o) => self.on_outcome(o),
+            std::task::Poll::Pending => self.running.push(fut),
+        }
     }
 
     /// The record at `offset` is done: handled, dead-lettered or skipped.
     fn finish(&mut self, tp: &TopicPartition, offset: i64) {
         if let Some(part) = self.parts.get_mut(tp) {
-            part.tracker.done(offset);
-            part.records.remove(&offset);
-            part.attempts.remove(&offset);
+            part.finish(offset);
         }
     }
 
     fn on_outcome(&mut self, o: Outcome) {
-        let current = self
+        let Some(part) = self
             .parts
-            .get(&o.tp)
-            .is_some_and(|p| p.generation == o.generation);
-        if !current {
+            .get_mut(&o.tp)
+            .filter(|p| p.generation == o.generation)
+        else {
             return; // the partition moved on meanwhile; its new owner handles it again
-        }
+        };
         let m = &self.inst.metrics;
         match o.result {
             OutcomeKind::Handled { latency, emitted } => {
                 m.handled.fetch_add(1, Ordering::Relaxed);
-                m.emitted.fetch_add(emitted as u64, Ordering::Relaxed);
+                if emitted > 0 {
+                    m.emitted.fetch_add(emitted as u64, Ordering::Relaxed);
+                }
                 m.observe_latency(latency);
-                self.finish(&o.tp, o.offset);
+                part.finish(o.offset);
             }
             OutcomeKind::DeadLettered => {
                 m.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                self.finish(&o.tp, o.offset);
+                part.finish(o.offset);
             }
             OutcomeKind::DeadLetterFailed(e) => {
                 // The record stays unfinished (its offset is not committed) and is tried
@@ -1161,16 +1279,24 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 // Before the positions move, so that nobody sees new positions with an
                 // old "idle".
                 self.inst.status.idle.store(false, Ordering::SeqCst);
+                // Records come in runs of one partition: look it up once per run.
+                let mut current: Option<(TopicPartition, Option<&mut Part>)> = None;
                 for r in records {
-                    let Some(part) = self.parts.get_mut(&r.tp) else {
+                    let same = current.as_ref().is_some_and(|(tp, _)| {
+                        Arc::ptr_eq(&tp.topic, &r.tp.topic) && tp.partition == r.tp.partition
+                            || *tp == r.tp
+                    });
+                    if !same {
+                        current = Some((r.tp.clone(), self.parts.get_mut(&r.tp)));
+                    }
+                    let Some((_, Some(part))) = current.as_mut() else {
                         continue;
                     };
                     if r.offset <= part.last_pushed {
                         continue;
                     }
                     part.last_pushed = r.offset;
-                    part.tracker
-                        .push(r.offset, r.key.as_ref().map(|k| k.to_vec()));
+                    part.tracker.push_key(r.offset, r.key.as_deref());
                     part.records.insert(r.offset, Arc::new(r));
                 }
                 // Once per partition rather than per record: it takes a lock.
@@ -1211,8 +1337,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         tp,
                         Part {
                             tracker: PartitionTracker::default(),
-                            records: BTreeMap::new(),
-                            attempts: HashMap::new(),
+                            records: FxHashMap::default(),
+                            attempts: FxHashMap::default(),
                             generation: self.generation,
                             last_pushed: -1,
                         },
@@ -1398,6 +1524,34 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 struct CommitInFlight {
     done: Vec<(TopicPartition, i64, u64)>,
     reply: std::pin::Pin<Box<oneshot::Receiver<Result<(), Error>>>>,
+}
+
+/// `handler`'s result, or a transient failure once it has run `timeout` since `started`.
+/// The first poll needs no timer: a handler that finishes on it (most do) never sets
+/// one.
+async fn within(
+    handler: crate::transport::BoxFuture<'static, Result<(), HandlerError>>,
+    started: Instant,
+    timeout: Duration,
+) -> Result<(), HandlerError> {
+    let mut handler = handler;
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = handler.as_mut().poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        let timer = timer.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep(
+                timeout.saturating_sub(started.elapsed()),
+            ))
+        });
+        timer.as_mut().poll(cx).map(|()| {
+            Err(HandlerError::transient(format!(
+                "the handler took longer than {timeout:?}"
+            )))
+        })
+    })
+    .await
 }
 
 async fn send_all(transport: &dyn Transport, records: Vec<OutRecord>) -> Result<(), Error> {
