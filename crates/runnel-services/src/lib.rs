@@ -96,15 +96,16 @@
 //!
 //! ## Boundary
 //!
-//! Never depends on `runnel-broker` or any wire protocol crate: the embedded transport
-//! stands on `runnel-core` and `runnel-log`, the Kafka transport on rdkafka. The
+//! Never depends on `runnel-broker` and encodes no wire protocol itself: the embedded
+//! transport stands on `runnel-core` and `runnel-log`, the Kafka transport on rdkafka. The
 //! ordering, retry and metadata code does no I/O and reads no clock of its own: the
 //! runtime feeds it the time ([`Clock`]) and randomness, which keeps it deterministic
 //! under test.
 //!
 //! ## Limits
 //!
-//! Records fetched and not finished per instance: 20,000 (fetching pauses beyond it).
+//! Records held per instance: 20,000, counted from each partition's oldest unfinished
+//! record (fetching pauses beyond it, so one stuck record cannot grow memory).
 //! Handler time: 60 s by default ([`Service::handler_timeout`]), then a transient
 //! failure. Concurrency: 64 invocations per instance by default. Table keys up to 64
 //! KiB, values up to 16 MiB (the store's limits).
