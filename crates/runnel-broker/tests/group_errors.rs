@@ -467,3 +467,43 @@ fn offset_delete_keeps_the_offsets_of_subscribed_topics_only() {
         (0, GROUP_SUBSCRIBED_TO_TOPIC)
     );
 }
+
+/// DeleteRecords on `__consumer_offsets` would erase every group's committed offsets at
+/// the next start: Kafka refuses it (INVALID_TOPIC_EXCEPTION), and so does Runnel. A
+/// negative partition index names no partition (it used to be clamped to 0).
+#[test]
+fn delete_records_refuses_the_offsets_topic_and_negative_partitions() {
+    use kafka_protocol::messages::DeleteRecordsRequest;
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let dir = TempDir::new("delete-records-internal");
+    let b = TestBroker::start(&dir.0);
+    let mut c = Client::connect(&b);
+    create_topic(&mut c, "orders");
+    let (member, generation) = stable_member(&mut c, "g", None);
+    assert_eq!(commit(&mut c, "g", &member, generation, "orders", ""), 0);
+    let delete = |c: &mut Client, topic: &str, partition: i32| {
+        let mut p = DeleteRecordsPartition::default();
+        p.partition_index = partition;
+        p.offset = -1;
+        let mut t = DeleteRecordsTopic::default();
+        t.name = TopicName(s(topic));
+        t.partitions = vec![p];
+        let mut req = DeleteRecordsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 5_000;
+        c.call(&req, 2).topics[0].partitions[0].error_code
+    };
+    assert_eq!(
+        delete(&mut c, "__consumer_offsets", 0),
+        INVALID_TOPIC_EXCEPTION
+    );
+    assert_eq!(
+        fetch_committed(&mut c, "g", "orders").0,
+        3,
+        "the commit is still there"
+    );
+    assert_eq!(delete(&mut c, "orders", -1), UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(delete(&mut c, "orders", 0), 0);
+}

@@ -1,5 +1,5 @@
-//! Rust `rdkafka` (vendored librdkafka): long-poll latency and a broker restart in the
-//! middle of a stream.
+//! Rust `rdkafka` (vendored librdkafka): the long poll (answers when data arrives,
+//! never spins) and a broker restart in the middle of a stream.
 
 mod common;
 
@@ -22,11 +22,16 @@ fn producer(b: &str) -> BaseProducer {
 }
 
 fn consumer(b: &str, topic: &str, from: Offset) -> BaseConsumer {
+    consumer_waiting(b, topic, from, 500)
+}
+
+/// A consumer whose Fetches ask the broker to hold them up to `wait_ms`.
+fn consumer_waiting(b: &str, topic: &str, from: Offset, wait_ms: u32) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b)
         .set("group.id", "unused")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "500")
+        .set("fetch.wait.max.ms", wait_ms.to_string())
         .set("reconnect.backoff.ms", "20")
         .set("reconnect.backoff.max.ms", "200")
         .create()
@@ -56,18 +61,22 @@ fn next(c: &BaseConsumer, within: Duration) -> Option<(i64, String)> {
     None
 }
 
+/// Behaviour, not speed: each Fetch asks the broker to hold it for 60 s, so a record
+/// that arrives within the test's (generous) deadline proves the parked Fetch was
+/// answered when the data came, not when its wait ran out; and an idle consumer costs a
+/// few Fetches, not a stream of them.
 #[test]
-fn long_poll_delivers_a_new_record_within_50ms_without_spinning() {
+fn long_poll_answers_when_data_arrives_and_never_spins() {
+    const WAIT_MS: u32 = 60_000;
     let dir = TempDir::new("rdk-longpoll");
     let b = TestBroker::start(&dir.0);
     let p = producer(&b.bootstrap());
     send(&p, "lp", "first");
-    let c = consumer(&b.bootstrap(), "lp", Offset::Beginning);
+    let c = consumer_waiting(&b.bootstrap(), "lp", Offset::Beginning, WAIT_MS);
     assert_eq!(next(&c, Duration::from_secs(20)).unwrap().1, "first");
 
-    // Idle: the consumer waits at the high watermark. A long poll holds each Fetch for
-    // fetch.wait.max.ms (500 ms), so 2 s of idling costs a handful of Fetches; a broker
-    // that answered at once would be asked hundreds of times.
+    // Idle: the consumer's Fetch is parked at the high watermark. A broker that
+    // answered at once would be asked hundreds of times in 2 s.
     let fetches_before = b.requests.get(ApiKey::Fetch);
     assert!(next(&c, Duration::from_secs(2)).is_none());
     let idle_fetches = b.requests.get(ApiKey::Fetch) - fetches_before;
@@ -76,26 +85,14 @@ fn long_poll_delivers_a_new_record_within_50ms_without_spinning() {
         "{idle_fetches} fetches in 2 s of idling: the consumer is spinning"
     );
 
-    // A record appended while the consumer waits arrives promptly. Best of five, so a
-    // scheduler hiccup on a loaded 2-core machine does not decide the outcome.
-    let mut best = Duration::MAX;
-    for i in 0..5 {
-        std::thread::sleep(Duration::from_millis(150));
-        // Measured from the send: librdkafka sends at once (linger.ms=0); waiting for
-        // the producer's own delivery report would add its polling interval.
+    // Records appended while the Fetch is parked arrive long before its 60 s wait.
+    for i in 0..3 {
         let value = format!("m{i}");
-        let sent = Instant::now();
-        p.send(BaseRecord::<(), _>::to("lp").payload(&value))
-            .unwrap();
-        let got = next(&c, Duration::from_secs(5)).expect("record arrives");
-        best = best.min(sent.elapsed());
-        p.flush(Duration::from_secs(10)).unwrap();
-        assert_eq!(got.1, format!("m{i}"));
+        send(&p, "lp", &value);
+        let got = next(&c, Duration::from_secs(20))
+            .expect("the parked Fetch is answered when data arrives");
+        assert_eq!(got.1, value);
     }
-    assert!(
-        best < Duration::from_millis(50),
-        "best delivery latency {best:?}"
-    );
 }
 
 #[test]

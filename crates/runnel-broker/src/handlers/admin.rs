@@ -226,24 +226,34 @@ impl Broker {
                     let mut r = DeleteRecordsPartitionResult::default();
                     r.partition_index = p.partition_index;
                     r.low_watermark = -1;
-                    let result = log
-                        .partition(&name, PartitionId(p.partition_index.max(0) as u32))
-                        .and_then(|part| {
-                            // -1 means "up to the high watermark" (Kafka's HIGH_WATERMARK).
-                            let before = if p.offset == -1 {
-                                part.high_watermark()
-                            } else {
-                                Offset(p.offset.max(0) as u64)
-                            };
-                            if p.offset < -1 {
-                                return Err(LogError::OffsetOutOfRange {
-                                    requested: Offset(0),
-                                    log_start: part.log_start_offset(),
-                                    high_watermark: part.high_watermark(),
-                                });
-                            }
-                            part.delete_records(before)
-                        });
+                    if is_internal(&name) {
+                        // Only the broker trims its own topics: one call here would
+                        // erase every group's committed offsets (Kafka refuses it too).
+                        r.error_code = ResponseError::InvalidTopicException.code();
+                        tr.partitions.push(r);
+                        continue;
+                    }
+                    let Ok(index) = u32::try_from(p.partition_index) else {
+                        r.error_code = ResponseError::UnknownTopicOrPartition.code();
+                        tr.partitions.push(r);
+                        continue;
+                    };
+                    let result = log.partition(&name, PartitionId(index)).and_then(|part| {
+                        // -1 means "up to the high watermark" (Kafka's HIGH_WATERMARK).
+                        let before = if p.offset == -1 {
+                            part.high_watermark()
+                        } else {
+                            Offset(p.offset.max(0) as u64)
+                        };
+                        if p.offset < -1 {
+                            return Err(LogError::OffsetOutOfRange {
+                                requested: Offset(0),
+                                log_start: part.log_start_offset(),
+                                high_watermark: part.high_watermark(),
+                            });
+                        }
+                        part.delete_records(before)
+                    });
                     match result {
                         Ok(start) => r.low_watermark = start.0 as i64,
                         Err(e) => r.error_code = errors::log_error(&e).code(),
