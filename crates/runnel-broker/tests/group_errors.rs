@@ -472,7 +472,7 @@ fn offset_delete_keeps_the_offsets_of_subscribed_topics_only() {
 /// the next start: Kafka refuses it (INVALID_TOPIC_EXCEPTION), and so does Runnel. A
 /// negative partition index names no partition (it used to be clamped to 0).
 #[test]
-fn delete_records_refuses_the_offsets_topic_and_negative_partitions() {
+fn internal_topics_and_negative_partitions_are_refused_not_clamped() {
     use kafka_protocol::messages::DeleteRecordsRequest;
     use kafka_protocol::messages::delete_records_request::{
         DeleteRecordsPartition, DeleteRecordsTopic,
@@ -506,4 +506,31 @@ fn delete_records_refuses_the_offsets_topic_and_negative_partitions() {
     );
     assert_eq!(delete(&mut c, "orders", -1), UNKNOWN_TOPIC_OR_PARTITION);
     assert_eq!(delete(&mut c, "orders", 0), 0);
+
+    // OffsetForLeaderEpoch for partition -1 used to answer for partition 0.
+    use kafka_protocol::messages::OffsetForLeaderEpochRequest;
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let epoch = |c: &mut Client, partition: i32| {
+        let mut p = OffsetForLeaderPartition::default();
+        p.partition = partition;
+        p.current_leader_epoch = -1;
+        p.leader_epoch = 0;
+        let mut t = OffsetForLeaderTopic::default();
+        t.topic = TopicName(s("orders"));
+        t.partitions = vec![p];
+        let mut req = OffsetForLeaderEpochRequest::default();
+        req.replica_id = kafka_protocol::messages::BrokerId(-1);
+        req.topics = vec![t];
+        let resp = c.call(&req, 3);
+        let e = &resp.topics[0].partitions[0];
+        (e.error_code, e.end_offset)
+    };
+    assert_eq!(epoch(&mut c, -1).0, UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(
+        epoch(&mut c, 0),
+        (0, 0),
+        "partition 0 still answers (an empty topic)"
+    );
 }

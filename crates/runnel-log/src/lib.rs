@@ -68,4 +68,4 @@ pub use log::{Log, Topic};
 pub use partition::{
     AppendInfo, AppendTicket, BatchSummary, Partition, Pending, READ_BYTES_MAX, ReadResult,
 };
-pub use types::{Offset, PartitionId, Position, TimestampMs};
+pub use types::{NegativePartition, Offset, PartitionId, Position, TimestampMs};

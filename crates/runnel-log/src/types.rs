@@ -38,6 +38,30 @@ impl fmt::Display for Position {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PartitionId(pub u32);
 
+/// A partition index that names no partition: negative.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NegativePartition(pub i32);
+
+impl fmt::Display for NegativePartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "partition {} is negative", self.0)
+    }
+}
+
+impl std::error::Error for NegativePartition {}
+
+/// Partition indexes arrive as signed 32-bit integers (Kafka's wire type); converted
+/// once, at the edge, and never clamped: a negative index names no partition.
+impl TryFrom<i32> for PartitionId {
+    type Error = NegativePartition;
+
+    fn try_from(index: i32) -> Result<PartitionId, NegativePartition> {
+        u32::try_from(index)
+            .map(PartitionId)
+            .map_err(|_| NegativePartition(index))
+    }
+}
+
 impl fmt::Display for PartitionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -233,12 +233,12 @@ impl Broker {
                         tr.partitions.push(r);
                         continue;
                     }
-                    let Ok(index) = u32::try_from(p.partition_index) else {
+                    let Ok(index) = PartitionId::try_from(p.partition_index) else {
                         r.error_code = ResponseError::UnknownTopicOrPartition.code();
                         tr.partitions.push(r);
                         continue;
                     };
-                    let result = log.partition(&name, PartitionId(index)).and_then(|part| {
+                    let result = log.partition(&name, index).and_then(|part| {
                         // -1 means "up to the high watermark" (Kafka's HIGH_WATERMARK).
                         let before = if p.offset == -1 {
                             part.high_watermark()

@@ -115,7 +115,7 @@ impl Broker {
                 continue;
             };
             for &(p, ..) in &w.partitions {
-                if let Some(part) = t.partition(PartitionId(p.max(0) as u32)) {
+                if let Some(part) = PartitionId::try_from(p).ok().and_then(|id| t.partition(id)) {
                     let mut rx = part.subscribe();
                     rx.borrow_and_update();
                     out.push(rx);
@@ -203,8 +203,8 @@ fn fetch_partition(
     if let Err(e) = check_leader_epoch(leader_epoch) {
         return fail(p, e);
     }
-    let partition = match log.partition(topic, PartitionId(index.max(0) as u32)) {
-        Ok(part) if index >= 0 => part,
+    let partition = match PartitionId::try_from(index).map(|id| log.partition(topic, id)) {
+        Ok(Ok(part)) => part,
         _ => return fail(p, ResponseError::UnknownTopicOrPartition),
     };
     let hwm = partition.high_watermark().0 as i64;

@@ -70,20 +70,20 @@ impl Broker {
                 e.partition = p.partition;
                 e.leader_epoch = -1;
                 e.end_offset = -1;
-                let part = self
-                    .log
-                    .partition(&name, PartitionId(p.partition.max(0) as u32));
+                let part = PartitionId::try_from(p.partition)
+                    .ok()
+                    .and_then(|id| self.log.partition(&name, id).ok());
                 match (part, check_leader_epoch(p.current_leader_epoch)) {
-                    (Err(_), _) => e.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    (None, _) => e.error_code = ResponseError::UnknownTopicOrPartition.code(),
                     (_, Err(err)) => e.error_code = err.code(),
                     // Epoch 0 is the only epoch: it ends at the log end, which is never
                     // below a committed offset (so librdkafka sees no truncation).
-                    (Ok(part), Ok(())) if p.leader_epoch == 0 => {
+                    (Some(part), Ok(())) if p.leader_epoch == 0 => {
                         e.leader_epoch = 0;
                         e.end_offset = part.high_watermark().0 as i64;
                     }
                     // Kafka answers (-1, -1) for an epoch it never had.
-                    (Ok(_), Ok(())) => {}
+                    (Some(_), Ok(())) => {}
                 }
                 tr.partitions.push(e);
             }
@@ -109,8 +109,8 @@ fn list_partition(
         r.error_code = e.code();
         return r;
     }
-    let part = match log.partition(topic, PartitionId(index.max(0) as u32)) {
-        Ok(p) if index >= 0 => p,
+    let part = match PartitionId::try_from(index).map(|id| log.partition(topic, id)) {
+        Ok(Ok(p)) => p,
         _ => {
             r.error_code = ResponseError::UnknownTopicOrPartition.code();
             return r;

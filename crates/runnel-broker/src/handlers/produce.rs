@@ -18,7 +18,7 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use runnel_log::{AppendInfo, AppendTicket, Partition};
+use runnel_log::{AppendInfo, AppendTicket, Partition, PartitionId};
 
 use crate::broker::{Broker, topic_name};
 use crate::errors;
@@ -125,11 +125,11 @@ impl Broker {
                     handles.push((index, Err(error_response(index, e))));
                     continue;
                 }
-                let partition = u32::try_from(index)
+                let partition = PartitionId::try_from(index)
                     .map_err(|_| ResponseError::UnknownTopicOrPartition)
                     .and_then(|p| {
                         self.core
-                            .partition_for_append(&name, p)
+                            .partition_for_append(&name, p.0)
                             .map_err(|e| errors::produce_error(&e))
                     });
                 let partition = match partition {
