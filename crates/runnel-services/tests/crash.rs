@@ -103,12 +103,30 @@ async fn child(dir: PathBuf) {
     embedded.shutdown();
 }
 
+/// Shuts the log down and waits until this process has let go of it (the coordinator's
+/// ticker holds it until it sees the stop), so that the service process can open it:
+/// a data directory is locked by the process that has it open.
+async fn release(embedded: Arc<Embedded>) {
+    embedded.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(embedded.core()) > 1 {
+        assert!(Instant::now() < deadline, "the log was not released");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn spawn_child(dir: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "sigkill_mid_stream_loses_nothing", "--nocapture"])
         .env(CHILD_ENV, dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("child.log"))
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+        )
         .spawn()
         .expect("spawn the service process")
 }
@@ -157,7 +175,7 @@ async fn sigkill_mid_stream_loses_nothing() {
             }
         }
         embedded.send(batch).await.unwrap();
-        embedded.shutdown();
+        release(embedded).await;
     }
 
     // Kill it three times, each time after more progress.
@@ -167,7 +185,8 @@ async fn sigkill_mid_stream_loses_nothing() {
         while handled_lines(&dir).len() < at {
             assert!(Instant::now() < deadline, "round {round}: no progress");
             if let Some(status) = c.try_wait().unwrap() {
-                panic!("round {round}: the service exited early: {status}");
+                let log = std::fs::read_to_string(dir.join("child.log")).unwrap_or_default();
+                panic!("round {round}: the service exited early: {status}\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -187,7 +206,11 @@ async fn sigkill_mid_stream_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(status.success(), "the last run failed: {status}");
+    assert!(
+        status.success(),
+        "the last run failed: {status}\n{}",
+        std::fs::read_to_string(dir.join("child.log")).unwrap_or_default()
+    );
 
     // Every event was handled at least once.
     let handled: BTreeSet<(String, u32)> = handled_lines(&dir).into_iter().collect();
@@ -218,8 +241,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         }
         assert!(Instant::now() < deadline, "reading the topic back");
     }
-    embedded.shutdown();
-    drop(embedded);
+    release(embedded).await;
     let store = runnel_state::Store::open(dir.join("state/counter/i0.redb")).unwrap();
     let stored: BTreeMap<String, Total> = store
         .scan("totals", None, usize::MAX)
