@@ -4,7 +4,7 @@
 //! stores, with headers, no producer id (-1: not idempotent) and its CRC-32C sealed, so
 //! `runnel_log::batch::validate` accepts it as it accepts what Kafka clients send.
 
-use runnel_log::batch::{HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2, seal_crc};
+use runnel_log::batch::{BuildRecord, build_batch_records};
 
 /// One record to append.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,67 +29,20 @@ pub struct NewRecord {
 #[must_use]
 pub fn encode_batch(records: &[NewRecord], now_ms: i64) -> Vec<u8> {
     assert!(!records.is_empty(), "a batch holds at least one record");
-    let count = i32::try_from(records.len()).expect("fewer than 2^31 records");
-    let timestamp = |r: &NewRecord| r.timestamp_ms.unwrap_or(now_ms);
-    // The base is the smallest timestamp, so every delta is non-negative.
-    let base_ts = records.iter().map(timestamp).min().unwrap_or(now_ms);
-    let max_ts = records.iter().map(timestamp).max().unwrap_or(now_ms);
-    let mut body = Vec::new();
-    let mut rec = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        rec.clear();
-        rec.push(0u8); // attributes: unused
-        put_varint(&mut rec, timestamp(r).saturating_sub(base_ts));
-        put_varint(&mut rec, i as i64);
-        put_bytes(&mut rec, r.key.as_deref());
-        put_bytes(&mut rec, r.value.as_deref());
-        put_varint(&mut rec, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            put_bytes(&mut rec, Some(k.as_bytes()));
-            put_bytes(&mut rec, Some(v));
-        }
-        put_varint(&mut body, rec.len() as i64);
-        body.extend_from_slice(&rec);
-    }
-    let batch_length =
-        i32::try_from(HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()).expect("a batch below 2 GiB");
-    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-    out.extend_from_slice(&0i64.to_be_bytes()); // baseOffset: written by the log
-    out.extend_from_slice(&batch_length.to_be_bytes());
-    out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch: written by the log
-    out.push(MAGIC_V2);
-    out.extend_from_slice(&0u32.to_be_bytes()); // crc, sealed below
-    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no codec, create time
-    out.extend_from_slice(&(count - 1).to_be_bytes()); // lastOffsetDelta
-    out.extend_from_slice(&base_ts.to_be_bytes());
-    out.extend_from_slice(&max_ts.to_be_bytes());
-    out.extend_from_slice(&(-1i64).to_be_bytes()); // producerId: not idempotent
-    out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
-    out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
-    out.extend_from_slice(&count.to_be_bytes());
-    out.extend_from_slice(&body);
-    seal_crc(&mut out);
-    out
-}
-
-/// A zigzag varint, as Kafka's records use.
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        None => put_varint(out, -1),
-        Some(b) => {
-            put_varint(out, b.len() as i64);
-            out.extend_from_slice(b);
-        }
-    }
+    let records: Vec<BuildRecord<'_>> = records
+        .iter()
+        .map(|r| BuildRecord {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+                .collect(),
+            timestamp: r.timestamp_ms.unwrap_or(now_ms),
+        })
+        .collect();
+    build_batch_records(&records)
 }
 
 #[cfg(test)]

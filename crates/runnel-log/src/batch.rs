@@ -338,42 +338,86 @@ pub(crate) fn with_records(
 /// One record for [`build_batch`]: an optional key and an optional value (None is null).
 pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-/// A simple, uncompressed batch builder: enough for tests, benchmarks and tools.
+/// One record for [`build_batch_records`].
+#[derive(Clone, Debug, Default)]
+pub struct BuildRecord<'a> {
+    /// The key, `None` for null.
+    pub key: Option<&'a [u8]>,
+    /// The value, `None` for null.
+    pub value: Option<&'a [u8]>,
+    /// Headers in order (Kafka allows repeated names).
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    /// Create time, ms since the Unix epoch.
+    pub timestamp: TimestampMs,
+}
+
+/// An uncompressed RecordBatch v2 holding `records` in order: offsets 0, 1, 2, ... from
+/// base offset 0 (the log writes the real base), no producer id, CRC-32C sealed. The
+/// one batch builder: `build_batch` and the services' appends (runnel-core) use it.
 ///
-/// Each record is `(key, value, timestamp)`. Headers are not supported here; the broker
-/// never needs to build batches, only to store what clients send.
+/// # Panics
+///
+/// If `records` is empty (a batch holds at least one record) or would pass 2 GiB.
 #[must_use]
-pub fn build_batch(records: &[KeyValue<'_>], base_timestamp: TimestampMs) -> Vec<u8> {
+pub fn build_batch_records(records: &[BuildRecord<'_>]) -> Vec<u8> {
+    assert!(!records.is_empty(), "a batch holds at least one record");
+    let count = i32::try_from(records.len()).expect("fewer than 2^31 records");
+    // The base is the smallest timestamp, so every delta is non-negative.
+    let base_ts = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
+    let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
     let mut body = Vec::new();
-    for (i, (key, value)) in records.iter().enumerate() {
-        let mut rec = Vec::new();
-        rec.push(0u8); // attributes
-        put_varint(&mut rec, 0); // timestamp delta
+    let mut rec = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        rec.clear();
+        rec.push(0u8); // attributes: unused
+        put_varint(&mut rec, r.timestamp.saturating_sub(base_ts));
         put_varint(&mut rec, i as i64); // offset delta
-        put_bytes(&mut rec, *key);
-        put_bytes(&mut rec, *value);
-        put_varint(&mut rec, 0); // header count
+        put_bytes(&mut rec, r.key);
+        put_bytes(&mut rec, r.value);
+        put_varint(&mut rec, r.headers.len() as i64);
+        for (k, v) in &r.headers {
+            put_bytes(&mut rec, Some(k));
+            put_bytes(&mut rec, Some(v));
+        }
         put_varint(&mut body, rec.len() as i64);
         body.extend_from_slice(&rec);
     }
-    let count = records.len() as i32;
+    let batch_length =
+        i32::try_from(HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()).expect("a batch below 2 GiB");
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-    out.extend_from_slice(&0i64.to_be_bytes());
-    out.extend_from_slice(&((HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()) as i32).to_be_bytes());
-    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&0i64.to_be_bytes()); // baseOffset: written by the log
+    out.extend_from_slice(&batch_length.to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch: written by the log
     out.push(MAGIC_V2);
     out.extend_from_slice(&0u32.to_be_bytes()); // crc, sealed below
-    out.extend_from_slice(&0i16.to_be_bytes());
-    out.extend_from_slice(&(count - 1).to_be_bytes());
-    out.extend_from_slice(&base_timestamp.to_be_bytes());
-    out.extend_from_slice(&base_timestamp.to_be_bytes());
-    out.extend_from_slice(&(-1i64).to_be_bytes());
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no codec, create time
+    out.extend_from_slice(&(count - 1).to_be_bytes()); // lastOffsetDelta
+    out.extend_from_slice(&base_ts.to_be_bytes());
+    out.extend_from_slice(&max_ts.to_be_bytes());
+    out.extend_from_slice(&(-1i64).to_be_bytes()); // producerId: not idempotent
+    out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
     out.extend_from_slice(&count.to_be_bytes());
     out.extend_from_slice(&body);
     seal_crc(&mut out);
     out
+}
+
+/// A simple, uncompressed batch builder: enough for tests, benchmarks and tools.
+///
+/// Every record gets `base_timestamp`, and no headers ([`build_batch_records`] has them).
+#[must_use]
+pub fn build_batch(records: &[KeyValue<'_>], base_timestamp: TimestampMs) -> Vec<u8> {
+    let records: Vec<BuildRecord<'_>> = records
+        .iter()
+        .map(|(key, value)| BuildRecord {
+            key: *key,
+            value: *value,
+            headers: Vec::new(),
+            timestamp: base_timestamp,
+        })
+        .collect();
+    build_batch_records(&records)
 }
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {
