@@ -71,7 +71,7 @@ impl DeadLetter {
             .headers
             .iter()
             .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX) && k != REPLAYED_FROM)
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.to_vec())))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.to_vec())))
             .collect();
         headers.push((
             REPLAYED_FROM.to_string(),

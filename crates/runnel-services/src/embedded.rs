@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::transport::{
     BoxFuture, Delivery, GroupConsumer, MemberOptions, OutRecord, Reader, Record, Sent,
-    TopicPartition, TopicSpec, Transport,
+    TopicPartition, TopicSpec, Transport, owned_headers,
 };
 
 /// Bytes read from one partition per poll.
@@ -361,7 +361,7 @@ impl Fetching {
             timestamp_ms: r.timestamp,
             key: r.key,
             value: r.value,
-            headers: r.headers,
+            headers: owned_headers(r.headers),
         }));
         // Continue after the last batch, which may end past the last record kept by
         // compaction.

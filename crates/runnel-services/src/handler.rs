@@ -82,7 +82,7 @@ impl Invocation {
             let headers: Vec<(String, Option<Vec<u8>>)> = r
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref().map(|b| b.to_vec())))
+                .map(|(k, v)| (k.to_string(), v.as_ref().map(|b| b.to_vec())))
                 .collect();
             let mut meta = Metadata::from_record(
                 r.tp.topic.to_string(),

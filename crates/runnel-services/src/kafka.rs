@@ -82,6 +82,7 @@
 //!   `group.min.session.timeout.ms`, so one configuration works on every cluster.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -104,7 +105,7 @@ use crate::error::Error;
 use crate::rng::SplitMix64;
 use crate::transport::{
     BoxFuture, Delivery, GroupConsumer, MemberOptions, OutRecord, Reader, Record, Sent,
-    TopicPartition, TopicSpec, Transport,
+    TopicPartition, TopicSpec, Transport, header_name,
 };
 
 /// Records handed over per delivery, across partitions.
@@ -589,10 +590,11 @@ impl Topics {
 }
 
 /// Where one consumer copies the bytes of its records (keys, values, header values)
-/// out of librdkafka's memory: chunks of [`ARENA_CHUNK`] shared by consecutive records,
-/// so a record's bytes cost no allocation of their own (a chunk is one allocation, and
-/// one more when its first slice is taken). A chunk is freed when the last record
-/// cut from it is dropped; a value larger than a chunk gets its own.
+/// out of librdkafka's memory. A record's bytes are copied one after another into one
+/// piece of a shared chunk of [`ARENA_CHUNK`], and its fields are slices of that piece:
+/// a record costs no allocation for its bytes (a chunk is one allocation, and one more
+/// when its first piece is taken). A chunk is freed when the last record cut from it is
+/// dropped; a record larger than what a chunk has left gets a buffer of its own.
 #[derive(Debug, Default)]
 struct Arena(BytesMut);
 
@@ -600,15 +602,23 @@ struct Arena(BytesMut);
 /// record held long (a slow handler) keeps little else alive.
 const ARENA_CHUNK: usize = 64 * 1024;
 
+/// Below this much room left in its chunk, an [`Arena`] starts a new chunk for the next
+/// record rather than growing the current piece.
+const ARENA_ROOM_MIN: usize = 4 * 1024;
+
 impl Arena {
-    fn copy(&mut self, bytes: &[u8]) -> Bytes {
-        if bytes.is_empty() {
-            return Bytes::new();
-        }
-        if self.0.capacity() < bytes.len() {
+    /// Appends `bytes` to the piece under way; returns where they are in it.
+    fn push(&mut self, bytes: &[u8]) -> Range<usize> {
+        if self.0.is_empty() && self.0.capacity() < ARENA_ROOM_MIN.max(bytes.len()) {
             self.0 = BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
         }
+        let start = self.0.len();
         self.0.extend_from_slice(bytes);
+        start..self.0.len()
+    }
+
+    /// Ends the piece under way: what was pushed since the last piece.
+    fn take(&mut self) -> Bytes {
         self.0.split().freeze()
     }
 }
@@ -618,33 +628,43 @@ impl Arena {
 struct Intake {
     topics: Topics,
     arena: Arena,
+    /// Where a record's header values are in its piece, while it is copied.
+    header_places: Vec<Option<Range<usize>>>,
 }
 
 /// A librdkafka message as the runtime sees it (copied: the message lives in
-/// librdkafka's memory). Header names are `String`s (the [`Record`] type); all the
-/// bytes go to the arena.
+/// librdkafka's memory). The toolkit's own header names cost nothing
+/// ([`header_name`]); all the bytes go to one piece of the arena.
 fn record_of(m: &BorrowedMessage<'_>, intake: &mut Intake) -> Record {
-    let arena = &mut intake.arena;
-    let headers = m
-        .headers()
-        .map(|h| {
-            let mut out = Vec::with_capacity(h.count());
-            out.extend(
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(|v| arena.copy(v)))),
-            );
-            out
-        })
-        .unwrap_or_default();
+    let Intake {
+        topics,
+        arena,
+        header_places,
+    } = intake;
+    let key = m.key().map(|k| arena.push(k));
+    let value = m.payload().map(|v| arena.push(v));
+    header_places.clear();
+    let mut headers = Vec::new();
+    if let Some(h) = m.headers() {
+        headers.reserve_exact(h.count());
+        for h in h.iter() {
+            header_places.push(h.value.map(|v| arena.push(v)));
+            headers.push((header_name(h.key), None));
+        }
+    }
+    let piece = arena.take();
+    for ((_, value), place) in headers.iter_mut().zip(header_places.drain(..)) {
+        *value = place.map(|r| piece.slice(r));
+    }
     Record {
         tp: TopicPartition {
-            topic: intake.topics.intern(m.topic()),
+            topic: topics.intern(m.topic()),
             partition: m.partition(),
         },
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
-        key: m.key().map(|k| intake.arena.copy(k)),
-        value: m.payload().map(|v| intake.arena.copy(v)),
+        key: key.map(|r| piece.slice(r)),
+        value: value.map(|r| piece.slice(r)),
         headers,
     }
 }
@@ -1269,25 +1289,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn arena_copies_are_independent_slices_of_shared_chunks() {
+    fn arena_pieces_are_independent_and_share_chunks() {
         let mut arena = Arena::default();
-        let a = arena.copy(b"key-1");
-        let b = arena.copy(b"a value");
-        assert_eq!(arena.copy(b""), Bytes::new());
-        assert_eq!((&a[..], &b[..]), (&b"key-1"[..], &b"a value"[..]));
-        // Consecutive copies share a chunk.
+        let key = arena.push(b"key-1");
+        let value = arena.push(b"a value");
+        let empty = arena.push(b"");
+        let a = arena.take();
+        assert_eq!(&a[..], b"key-1a value");
+        assert_eq!(
+            (&a.slice(key)[..], &a.slice(value)[..]),
+            (&b"key-1"[..], &b"a value"[..])
+        );
+        assert_eq!(a.slice(empty), Bytes::new());
+        // The next piece follows in the same chunk.
+        arena.push(b"next");
+        let b = arena.take();
         assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
-        // Filling the chunk starts a new one; what was copied before stays as it was.
-        let filler = vec![7u8; ARENA_CHUNK - a.len() - b.len() - 1];
-        let f = arena.copy(&filler);
-        let next = arena.copy(b"xy");
+        // A chunk with too little room left is not grown: the next piece starts a new one.
+        arena.push(&vec![
+            7u8;
+            ARENA_CHUNK - a.len() - b.len() - ARENA_ROOM_MIN + 1
+        ]);
+        let f = arena.take();
+        arena.push(b"xy");
+        let next = arena.take();
         assert_eq!(&next[..], b"xy");
         assert_ne!(f.as_ptr().wrapping_add(f.len()), next.as_ptr());
         assert!(f.iter().all(|&x| x == 7));
-        // Larger than a chunk: its own allocation.
-        let big = vec![1u8; ARENA_CHUNK * 2 + 3];
-        assert_eq!(arena.copy(&big), Bytes::from(big));
+        // A piece that outgrows its chunk is moved, whole, to a buffer of its own.
+        arena.push(b"head");
+        arena.push(&vec![1u8; ARENA_CHUNK * 2 + 3]);
+        let big = arena.take();
+        assert_eq!(big.len(), 4 + ARENA_CHUNK * 2 + 3);
+        assert_eq!(&big[..4], b"head");
         drop((a, f));
-        assert_eq!(&b[..], b"a value");
+        assert_eq!(&b[..], b"next");
     }
 }

@@ -1212,7 +1212,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let mut hdrs: Vec<(String, Vec<u8>)> = record
             .headers
             .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.to_vec())))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.to_vec())))
             .collect();
         let kind = match err.kind() {
             crate::error::ErrorKind::Transient => "transient",

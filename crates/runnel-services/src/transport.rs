@@ -23,6 +23,7 @@
 //!   `onPartitionsRevoked`).
 //! - A [`Reader`] reads assigned partitions without a group (tables restore from it).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +33,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::Error;
+use crate::metadata::headers;
+use crate::runtime::dlq_headers;
 
 /// A boxed, sendable future: the trait is object-safe so runtimes hold `Arc<dyn Transport>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -76,7 +79,54 @@ pub struct Record {
     /// Its value; `None` for null (a tombstone on a compacted topic).
     pub value: Option<Bytes>,
     /// Its headers, in order; a header value may be null.
-    pub headers: Vec<(String, Option<Bytes>)>,
+    pub headers: Vec<(HeaderName, Option<Bytes>)>,
+}
+
+/// A header's name. The names the toolkit writes (the CloudEvents ones, `traceparent`,
+/// `content-type`, the dead-letter ones) borrow a static string, so a transport reading
+/// a record spends no allocation on them; any other name is owned. Build one with
+/// [`header_name`].
+pub type HeaderName = Cow<'static, str>;
+
+/// `name` as a [`HeaderName`]: one of the toolkit's own names borrows its static,
+/// another is copied.
+#[must_use]
+pub fn header_name(name: &str) -> HeaderName {
+    const KNOWN: [&str; 19] = [
+        headers::CE_ID,
+        headers::CE_TYPE,
+        headers::CE_SOURCE,
+        headers::CE_TIME,
+        headers::CE_SPECVERSION,
+        headers::CE_DATAVERSION,
+        headers::CONTENT_TYPE,
+        headers::TRACEPARENT,
+        headers::CE_TRACEPARENT,
+        dlq_headers::ERROR,
+        dlq_headers::ERROR_KIND,
+        dlq_headers::TOPIC,
+        dlq_headers::PARTITION,
+        dlq_headers::OFFSET,
+        dlq_headers::ATTEMPTS,
+        dlq_headers::SERVICE,
+        dlq_headers::TIME_MS,
+        dlq_headers::REPLAYED_FROM,
+        "tracestate",
+    ];
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+/// Headers with `String` names (as `runnel-core` reads them) as a [`Record`]'s,
+/// keeping each name's allocation.
+#[must_use]
+pub fn owned_headers(headers: Vec<(String, Option<Bytes>)>) -> Vec<(HeaderName, Option<Bytes>)> {
+    headers
+        .into_iter()
+        .map(|(n, v)| (Cow::Owned(n), v))
+        .collect()
 }
 
 impl Record {
@@ -218,4 +268,26 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         group: &'a str,
         topic: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(i32, i64)>, Error>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_toolkits_header_names_borrow_and_others_are_owned() {
+        for name in [headers::CE_TYPE, headers::TRACEPARENT, dlq_headers::ERROR] {
+            let n = header_name(name);
+            assert!(matches!(n, Cow::Borrowed(_)), "{name}");
+            assert_eq!(n, name);
+        }
+        let other = header_name("x-tenant");
+        assert!(matches!(other, Cow::Owned(_)));
+        assert_eq!(other, "x-tenant");
+        let kept = owned_headers(vec![("a".to_owned(), Some(Bytes::from_static(b"1")))]);
+        assert_eq!(
+            kept,
+            vec![(Cow::Borrowed("a"), Some(Bytes::from_static(b"1")))]
+        );
+    }
 }

@@ -156,7 +156,7 @@ async fn sent_records_read_back_with_keys_values_headers_and_tombstones() {
     let headers: Vec<(&str, Option<&[u8]>)> = p1[0]
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .map(|(k, v)| (&**k, v.as_deref()))
         .collect();
     assert_eq!(
         headers,
