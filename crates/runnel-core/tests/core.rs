@@ -203,3 +203,48 @@ fn committed_offsets_survive_a_reopen() {
     let reopened = runnel_core::offsets::OffsetStore::open(f.core.log().clone()).unwrap();
     assert_eq!(reopened.get("g", "t", 0), Some(commit));
 }
+
+#[test]
+fn a_damaged_batch_in_the_offsets_topic_costs_its_commits_not_the_start() {
+    let dir = std::env::temp_dir().join(format!("runnel-core-damaged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let open = || {
+        let mut config = LogConfig::new(&dir);
+        config.background = false;
+        Arc::new(Log::open(config).unwrap())
+    };
+    let commit = |offset| runnel_core::offsets::Committed {
+        offset,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_ms: 1,
+    };
+    let log = open();
+    let store = runnel_core::offsets::OffsetStore::open(log.clone()).unwrap();
+    for (i, group) in ["a", "b", "c"].into_iter().enumerate() {
+        store
+            .write(group, &[(("t".into(), 0), Some(commit(i as i64)))])
+            .unwrap();
+    }
+    drop(store);
+    Arc::try_unwrap(log).unwrap().close().unwrap();
+    // Flip a bit inside the second commit's batch (group "b"). After a clean shutdown
+    // the segment is trusted at open; the damage is met when the store loads.
+    let seg = dir
+        .join("topics")
+        .join(OFFSETS_TOPIC)
+        .join("0")
+        .join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let first = runnel_log::batch::BatchHeader::parse(&bytes)
+        .unwrap()
+        .total_bytes() as usize;
+    bytes[first + 70] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let store = runnel_core::offsets::OffsetStore::open(open()).unwrap();
+    assert_eq!(store.get("a", "t", 0), Some(commit(0)));
+    assert_eq!(store.get("b", "t", 0), None, "the damaged commit is lost");
+    assert_eq!(store.get("c", "t", 0), Some(commit(2)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -102,6 +102,23 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     );
     f.histogram(name, &[], &b.log().stats().fsync);
 
+    let stats = b.log().stats();
+    for (name, help, value) in [
+        (
+            "runnel_quarantined_batches_total",
+            "Damaged batches moved aside at recovery or stepped over by reads (see the log for file and position).",
+            &stats.quarantined_batches,
+        ),
+        (
+            "runnel_quarantined_bytes_total",
+            "The bytes of those batches.",
+            &stats.quarantined_bytes,
+        ),
+    ] {
+        let mut f = Family::start(&mut out, name, "counter", help);
+        f.sample(name, &[], value.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
     let topics = b.core().topic_metrics().topics();
     for (name, help, get) in [
         (

@@ -636,6 +636,9 @@ fn maintenance_loop(inner: &Inner) {
             if let Err(e) = p.flush_if_due(now) {
                 error!(topic = p.topic(), partition = p.id().0, error = %e, "interval flush failed");
             }
+            if let Err(e) = p.checkpoint_recovery_point(Some(now)) {
+                warn!(topic = p.topic(), partition = p.id().0, error = %e, "could not write the recovery point; recovery will treat more of the log as a possible torn tail");
+            }
         }
         if now.saturating_sub(last_retention)
             >= inner.config.retention_check_interval.as_millis() as i64

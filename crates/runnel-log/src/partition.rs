@@ -249,8 +249,26 @@ struct SyncState {
     durable: Offset,
     /// Someone is running an fsync (or a truncation) right now.
     busy: bool,
+    /// A truncation is under way: `durable` may be about to move down.
+    truncating: bool,
     last_sync_ms: TimestampMs,
 }
+
+/// The recovery point last written to [`RECOVERY_POINT_FILE`], and when.
+#[derive(Debug)]
+struct RecoveryPoint {
+    offset: Offset,
+    written_ms: TimestampMs,
+}
+
+/// How often the log's background thread records a partition's durable offset as its
+/// recovery point (when it moved). After a crash, everything below the recovery point is
+/// known to have been fsynced, so damage there is bit rot, quarantined batch by batch;
+/// only what lies above it can be a torn write, and only there does recovery cut. Kafka
+/// checkpoints the same way, every `log.flush.offset.checkpoint.interval.ms` (60 s); one
+/// second keeps the window of acknowledged batches that a flipped bit could still cut
+/// short, for the price of one small atomic file write per partition per second.
+pub const RECOVERY_POINT_INTERVAL_MS: i64 = 1_000;
 
 /// A partition of a topic. Shared by `Arc`; every method takes `&self`.
 #[derive(Debug)]
@@ -269,6 +287,12 @@ pub struct Partition {
     pub(crate) cleaned_upto: std::sync::atomic::AtomicU64,
     sync: Mutex<SyncState>,
     synced: Condvar,
+    /// Taken around every write of [`RECOVERY_POINT_FILE`], after the state lock when
+    /// both are held.
+    recovery_point: Mutex<RecoveryPoint>,
+    /// Damaged batches that reads met, by segment base and position: where the next
+    /// valid batch starts.
+    damaged: Mutex<std::collections::HashMap<(Offset, u64), u64>>,
     poison: OnceLock<String>,
     hwm: watch::Sender<Offset>,
 }
@@ -297,7 +321,13 @@ impl Partition {
             sync: Mutex::new(SyncState {
                 durable: end,
                 busy: false,
+                truncating: false,
                 last_sync_ms: env.clock.now_ms(),
+            }),
+            damaged: Mutex::new(std::collections::HashMap::new()),
+            recovery_point: Mutex::new(RecoveryPoint {
+                offset: Offset(0),
+                written_ms: env.clock.now_ms(),
             }),
             env,
             state: Mutex::new(state),
@@ -531,9 +561,49 @@ impl Partition {
         }
         old.active_file = None;
         st.segments.push(next);
-        if let Err(e) = self.write_checkpoint(RECOVERY_POINT_FILE, new_base) {
+        if let Err(e) = self.write_recovery_point(new_base) {
             warn!(topic = %self.topic, partition = self.id.0, error = %e, "could not write the recovery point; recovery will scan more");
         }
+        Ok(())
+    }
+
+    /// Writes the recovery point: everything below `offset` is durable. Roll and
+    /// truncation set it outright (truncation moves it down).
+    fn write_recovery_point(&self, offset: Offset) -> std::io::Result<()> {
+        let mut rp = lock(&self.recovery_point);
+        self.write_checkpoint(RECOVERY_POINT_FILE, offset)?;
+        rp.offset = offset;
+        rp.written_ms = self.env.clock.now_ms();
+        Ok(())
+    }
+
+    /// Records the durable offset as the recovery point if it moved since the last one
+    /// and [`RECOVERY_POINT_INTERVAL_MS`] has passed (always, with `now == None`). The
+    /// log's background thread calls this; see [`RECOVERY_POINT_INTERVAL_MS`].
+    pub fn checkpoint_recovery_point(&self, now: Option<TimestampMs>) -> Result<()> {
+        if self.is_deleted() || self.poison.get().is_some() {
+            return Ok(());
+        }
+        let mut rp = lock(&self.recovery_point);
+        if let Some(now) = now
+            && now.saturating_sub(rp.written_ms) < RECOVERY_POINT_INTERVAL_MS
+        {
+            return Ok(());
+        }
+        let durable = {
+            let s = lock(&self.sync);
+            if s.truncating {
+                return Ok(());
+            }
+            s.durable
+        };
+        if durable <= rp.offset {
+            return Ok(());
+        }
+        self.write_checkpoint(RECOVERY_POINT_FILE, durable)
+            .map_err(|e| LogError::io("write", self.dir.join(RECOVERY_POINT_FILE), e))?;
+        rp.offset = durable;
+        rp.written_ms = self.env.clock.now_ms();
         Ok(())
     }
 
@@ -654,7 +724,7 @@ impl Partition {
     ) -> Result<(Offset, Offset)> {
         out.clear();
         let hwm = self.high_watermark();
-        let (file, path, start_pos, len, log_start) = {
+        let (file, path, start_pos, len, log_start, base, limit) = {
             let st = lock(&self.state);
             if st.deleted {
                 return Err(LogError::UnknownTopic(self.topic.to_string()));
@@ -673,17 +743,101 @@ impl Partition {
             let rel = offset.0.saturating_sub(seg.stats.base.0);
             let start = seg.stats.index.floor(rel).map_or(0, |(_, p)| u64::from(p));
             let path = segment::log_path(&self.dir, seg.stats.base);
+            let limit = st.segments.get(i + 1).map(|s| s.stats.base);
             (
                 seg.file(&self.env, &self.dir)?,
                 path,
                 start,
                 seg.stats.size,
                 st.log_start,
+                seg.stats.base,
+                limit,
             )
         };
         let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
-        read_batches(&*file, &path, len, start_pos, offset, hwm, max_bytes, out)?;
-        Ok((hwm, log_start))
+        let mut pos = start_pos;
+        // Each step passes one damaged batch: at most one per byte of the segment.
+        while pos < len {
+            match read_batches(&*file, &path, len, pos, offset, hwm, max_bytes, out) {
+                Err(LogError::Corrupt {
+                    position, reason, ..
+                }) => match self.step_over(&*file, &path, base, limit, position, &reason)? {
+                    Some(next) => pos = next,
+                    None => break,
+                },
+                done => {
+                    done?;
+                    if out.is_empty() {
+                        break;
+                    }
+                    return Ok((hwm, log_start));
+                }
+            }
+        }
+        // Nothing valid is left in this segment at or after `offset` (damage moved aside
+        // or stepped over at its end): go on in the next.
+        match limit {
+            Some(next) if next > offset => self.read_into(next, max_bytes, out),
+            _ => Ok((hwm, log_start)),
+        }
+    }
+
+    /// Where the next valid batch starts after a damaged one that a read met at
+    /// `position` (a segment loaded without a full check, or bit rot since): the read
+    /// steps over it, as over the offsets compaction removed, instead of failing on it
+    /// forever. The first time, the damage is logged and counted as quarantined.
+    /// `None` when nothing valid follows in this segment.
+    fn step_over(
+        &self,
+        file: &dyn StorageFile,
+        path: &Path,
+        base: Offset,
+        limit: Option<Offset>,
+        position: u64,
+        reason: &str,
+    ) -> Result<Option<u64>> {
+        // Where it led last time is checked again (one batch's CRC), never trusted: the
+        // cleaner or a truncation may have rewritten the segment since.
+        let known = lock(&self.damaged).get(&(base, position)).copied();
+        let io_err = |e| LogError::io("read", path, e);
+        let mut head = [0u8; HEADER_BYTES];
+        let len = file.len().map_err(io_err)?;
+        let hint = if known.is_some() {
+            known
+        } else if position + HEADER_BYTES as u64 <= len {
+            file.read_exact_at(&mut head, position).map_err(io_err)?;
+            BatchHeader::parse(&head)
+                .ok()
+                .map(|h| position + h.total_bytes())
+        } else {
+            None
+        };
+        let next = segment::resync(
+            file,
+            base,
+            position + 1,
+            hint,
+            base,
+            limit.unwrap_or(Offset(u64::MAX)),
+        )
+        .map_err(io_err)?;
+        // Only a found batch is remembered: after the active segment's damage, later
+        // appends may yet bring one.
+        if let Some(next) = next
+            && known != Some(next)
+        {
+            error!(topic = %self.topic, partition = self.id.0, path = %path.display(), position, bytes = next - position, %reason, "a damaged batch: reads step over it");
+            self.env
+                .stats
+                .quarantined_batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.env
+                .stats
+                .quarantined_bytes
+                .fetch_add(next - position, std::sync::atomic::Ordering::Relaxed);
+            lock(&self.damaged).insert((base, position), next);
+        }
+        Ok(next)
     }
 
     /// The first batch whose max timestamp is `>= ts`, among readable batches.
@@ -956,10 +1110,12 @@ impl Partition {
                 s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
             }
             s.busy = true;
+            s.truncating = true;
         }
         let result = self.truncate_locked(offset);
         let mut s = lock(&self.sync);
         s.busy = false;
+        s.truncating = false;
         if let Ok(end) = result {
             s.durable = s.durable.min(end);
         }
@@ -1016,6 +1172,7 @@ impl Partition {
             seg.stats.base,
             self.config().index_interval_bytes,
             offset,
+            Offset(u64::MAX),
         )
         .map_err(|e| LogError::io("read", &path, e))?;
         file.set_len(kept.size)
@@ -1034,7 +1191,7 @@ impl Partition {
         seg.active_file = Some(file);
         let end = st.log_end();
         let base = st.active().stats.base;
-        self.write_checkpoint(RECOVERY_POINT_FILE, base)
+        self.write_recovery_point(base)
             .map_err(|e| LogError::io("write", dir.join(RECOVERY_POINT_FILE), e))?;
         debug_assert!(st.log_start <= end);
         self.hwm.send_modify(|h| *h = (*h).min(end));
@@ -1045,6 +1202,7 @@ impl Partition {
     pub(crate) fn close(&self) -> Result<()> {
         self.check_poison()?;
         self.flush()?;
+        self.checkpoint_recovery_point(None)?;
         let mut st = lock(&self.state);
         let seg = st.active_mut();
         seg.stats.seal();

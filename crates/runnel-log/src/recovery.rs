@@ -17,12 +17,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use tracing::{info, warn};
+use std::sync::atomic::Ordering;
 
+use tracing::{error, info, warn};
+
+use crate::batch::{BatchHeader, HEADER_BYTES};
 use crate::cleaner;
 use crate::config::TopicConfig;
 use crate::error::{LogError, Result};
-use crate::io::OpenMode;
+use crate::io::{OpenMode, StorageFile};
 use crate::partition::{Env, LOG_START_FILE, Partition, RECOVERY_POINT_FILE, Segment, State};
 use crate::segment::{self, SegmentStats};
 use crate::types::{Offset, PartitionId};
@@ -48,6 +51,34 @@ pub enum RecoveryEvent {
         dir: PathBuf,
         /// How many segments.
         count: usize,
+    },
+    /// A damaged batch below the recovery point (fsynced, so not a torn write) was
+    /// moved out of the segment: its bytes are kept in `quarantine_file`, the offsets
+    /// it held are lost, and the valid batches after it stay.
+    Quarantined {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the damaged bytes started.
+        position: u64,
+        /// How many bytes were moved aside.
+        bytes: u64,
+        /// The offsets lost: from the end of the last good batch to the start of the
+        /// next one (or the recovery point, when nothing valid followed).
+        lost: std::ops::Range<u64>,
+        /// Where the bytes are.
+        quarantine_file: PathBuf,
+        /// Which check failed.
+        reason: String,
+    },
+    /// The log ended below its recovery point (acknowledged offsets are missing): the
+    /// log end was raised to the recovery point, so those offsets are never reused.
+    EndRaised {
+        /// The partition directory.
+        dir: PathBuf,
+        /// Where the data ended.
+        from: u64,
+        /// The recovery point.
+        to: u64,
     },
     /// A segment's index files were missing or wrong and were rebuilt from its data.
     IndexRebuilt {
@@ -147,11 +178,11 @@ impl Partition {
         }
         bases.sort_unstable();
         bases.dedup();
-        let recovery_point = if clean {
-            Offset(u64::MAX)
-        } else {
-            read_checkpoint(&env, &dir.join(RECOVERY_POINT_FILE)).unwrap_or(Offset(0))
-        };
+        // Everything below the recovery point was fsynced before the crash (or the
+        // clean shutdown): damage there is quarantined, never a reason to cut.
+        let durable = read_checkpoint(&env, &dir.join(RECOVERY_POINT_FILE)).unwrap_or(Offset(0));
+        // Segments below this are trusted to be whole: loaded from their index files.
+        let recovery_point = if clean { Offset(u64::MAX) } else { durable };
         let mut segments: Vec<Segment> = Vec::new();
         let mut rebuilt = Vec::new();
         for (k, &base) in bases.iter().enumerate() {
@@ -163,9 +194,10 @@ impl Partition {
                 remove_segments(&env, dir, &bases[k..]);
                 break;
             }
-            let file = storage
+            let mut file = storage
                 .open(&path, OpenMode::ReadWrite)
                 .map_err(|e| LogError::io("open segment", &path, e))?;
+            let limit = bases.get(k + 1).copied().unwrap_or(Offset(u64::MAX));
             let sealed = base < recovery_point && (clean || k + 1 < bases.len());
             let loaded = if sealed {
                 segment::load_indexed(storage, dir, &*file, base, interval)
@@ -181,7 +213,16 @@ impl Partition {
                         env.record(RecoveryEvent::IndexRebuilt { path: path.clone() });
                     }
                     rebuilt.push(base);
-                    scan_and_cut(&env, &path, &*file, base, interval)?
+                    let span = SegmentSpan {
+                        dir,
+                        path: &path,
+                        base,
+                        limit,
+                        interval,
+                    };
+                    let (stats, cut, new_file) = recover_segment(&env, &span, file, durable)?;
+                    file = new_file;
+                    (stats, cut)
                 }
             };
             segments.push(Segment {
@@ -205,6 +246,23 @@ impl Partition {
             segments.push(Segment::create(&env, dir, start)?);
         }
         let last = segments.len() - 1;
+        if !clean && let Some(file) = &segments[last].active_file {
+            // What survived a crash in the page cache but was never fsynced must be on
+            // disk before it counts as durable (and the recovery point moves past it).
+            file.sync_data().map_err(|e| {
+                LogError::io("sync", segment::log_path(dir, segments[last].stats.base), e)
+            })?;
+        }
+        let tail = &mut segments[last].stats;
+        if tail.next_offset < durable && durable != Offset(u64::MAX) {
+            warn!(dir = %dir.display(), end = tail.next_offset.0, recovery_point = durable.0, "the log ends below its recovery point: acknowledged offsets are missing; raising the log end so that they are never reused");
+            env.record(RecoveryEvent::EndRaised {
+                dir: dir.to_path_buf(),
+                from: tail.next_offset.0,
+                to: durable.0,
+            });
+            tail.next_offset = durable;
+        }
         for s in &mut segments[..last] {
             s.active_file = None;
             if rebuilt.contains(&s.stats.base) {
@@ -260,38 +318,209 @@ fn finish_swap(env: &Env, dir: &Path, name: &str) -> Result<Option<Offset>> {
     Ok(Some(base))
 }
 
-/// Scans a segment and cuts it at the first bad batch. Returns whether it cut.
-fn scan_and_cut(
-    env: &Env,
-    path: &Path,
-    file: &dyn crate::io::StorageFile,
+/// A segment being recovered: where it is and which offsets it may hold.
+struct SegmentSpan<'a> {
+    dir: &'a Path,
+    path: &'a Path,
     base: Offset,
+    /// The next segment's base: the first offset this one may not hold.
+    limit: Offset,
     interval: u32,
-) -> Result<(SegmentStats, bool)> {
-    let io_err = |e| LogError::io("recover", path, e);
-    let len = file.len().map_err(io_err)?;
-    let (stats, stop) = segment::scan(file, base, interval).map_err(io_err)?;
-    let Some(stop) = stop else {
-        return Ok((stats, false));
-    };
-    warn!(
-        path = %path.display(),
-        position = stop.position,
-        bytes_cut = len - stop.position,
-        next_offset = stats.next_offset.0,
-        reason = %stop.reason,
-        "cutting the log at the last valid batch"
-    );
-    file.set_len(stop.position)
-        .and_then(|()| file.sync_data())
+}
+
+/// Scans a segment whose index cannot be trusted, batch by batch. A bad batch that
+/// starts below `durable` was fsynced whole before the crash, so its damage is not a
+/// torn write: it is quarantined ([`quarantine`]) and the valid batches after it are
+/// kept. A bad batch from `durable` on may be a torn tail: the file is cut there.
+/// Returns the segment's stats, whether it was cut, and its file (a new one when
+/// batches were quarantined).
+fn recover_segment(
+    env: &Env,
+    seg: &SegmentSpan<'_>,
+    mut file: Arc<dyn StorageFile>,
+    durable: Offset,
+) -> Result<(SegmentStats, bool, Arc<dyn StorageFile>)> {
+    let io_err = |e| LogError::io("recover", seg.path, e);
+    loop {
+        let len = file.len().map_err(io_err)?;
+        let (mut stats, stop) =
+            segment::scan(&*file, seg.base, seg.interval, seg.limit).map_err(io_err)?;
+        let Some(stop) = stop else {
+            return Ok((stats, false, file));
+        };
+        if stats.next_offset >= durable {
+            warn!(
+                path = %seg.path.display(),
+                position = stop.position,
+                bytes_cut = len - stop.position,
+                next_offset = stats.next_offset.0,
+                reason = %stop.reason,
+                "cutting the log at the last valid batch (a torn tail past the recovery point)"
+            );
+            file.set_len(stop.position)
+                .and_then(|()| file.sync_data())
+                .map_err(io_err)?;
+            env.record(RecoveryEvent::Cut {
+                path: seg.path.to_path_buf(),
+                position: stop.position,
+                bytes_cut: len - stop.position,
+                reason: stop.reason,
+            });
+            return Ok((stats, true, file));
+        }
+        // The damaged batch's own length, when it is plausible, is the first guess for
+        // where the next batch starts.
+        let mut head = [0u8; HEADER_BYTES];
+        let hint = (stop.position + HEADER_BYTES as u64 <= len)
+            .then(|| file.read_exact_at(&mut head, stop.position))
+            .transpose()
+            .map_err(io_err)?
+            .and_then(|()| BatchHeader::parse(&head).ok())
+            .map(|h| stop.position + h.total_bytes());
+        let next = segment::resync(
+            &*file,
+            seg.base,
+            stop.position + 1,
+            hint,
+            stats.next_offset,
+            seg.limit,
+        )
         .map_err(io_err)?;
-    env.record(RecoveryEvent::Cut {
-        path: path.to_path_buf(),
-        position: stop.position,
-        bytes_cut: len - stop.position,
-        reason: stop.reason,
-    });
-    Ok((stats, true))
+        let end = next.unwrap_or(len);
+        let lost_to = match next {
+            Some(q) => {
+                file.read_exact_at(&mut head, q).map_err(io_err)?;
+                BatchHeader::parse(&head).map_or(stats.next_offset, |h| h.base_offset())
+            }
+            None => durable.min(seg.limit),
+        };
+        let quarantine_file = quarantine(env, seg, &*file, stop.position, end)?;
+        error!(
+            path = %seg.path.display(),
+            position = stop.position,
+            bytes = end - stop.position,
+            lost_from = stats.next_offset.0,
+            lost_to = lost_to.0,
+            reason = %stop.reason,
+            quarantine_file = %quarantine_file.display(),
+            "a damaged batch below the recovery point: quarantined; the batches after it are kept"
+        );
+        env.stats
+            .quarantined_batches
+            .fetch_add(1, Ordering::Relaxed);
+        env.stats
+            .quarantined_bytes
+            .fetch_add(end - stop.position, Ordering::Relaxed);
+        env.record(RecoveryEvent::Quarantined {
+            path: seg.path.to_path_buf(),
+            position: stop.position,
+            bytes: end - stop.position,
+            lost: stats.next_offset.0..lost_to.0.max(stats.next_offset.0),
+            quarantine_file,
+            reason: stop.reason,
+        });
+        if next.is_none() {
+            // Nothing valid after it: the segment ends at the damage.
+            file.set_len(stop.position)
+                .and_then(|()| file.sync_data())
+                .map_err(io_err)?;
+            stats.next_offset = stats.next_offset.max(lost_to);
+            return Ok((stats, false, file));
+        }
+        file = remove_range(env, seg, &*file, stop.position, end)?;
+    }
+}
+
+/// Copies bytes `from..to` of a segment into a file of their own beside it
+/// (`<base>.<position>.quarantined`), fsynced, so an operator can look at what was
+/// lost. Returns its path.
+fn quarantine(
+    env: &Env,
+    seg: &SegmentSpan<'_>,
+    file: &dyn StorageFile,
+    from: u64,
+    to: u64,
+) -> Result<PathBuf> {
+    let path = seg
+        .dir
+        .join(format!("{:020}.{from}{QUARANTINE_SUFFIX}", seg.base.0));
+    let out = env
+        .storage
+        .open(&path, OpenMode::CreateTruncate)
+        .map_err(|e| LogError::io("create", &path, e))?;
+    copy_range(file, &*out, from, to, 0).map_err(|e| LogError::io("quarantine", &path, e))?;
+    out.sync_data()
+        .and_then(|()| env.storage.sync_dir(seg.dir))
+        .map_err(|e| LogError::io("sync", &path, e))?;
+    Ok(path)
+}
+
+/// The ending of a quarantined batch's file: `<base>.<position>.quarantined`.
+pub(crate) const QUARANTINE_SUFFIX: &str = ".quarantined";
+
+/// Rewrites a segment without bytes `from..to`: the new copy is written and fsynced
+/// beside it, then renamed over it (a crash before the rename leaves a `.cleaned` file,
+/// which the next open deletes, and the segment as it was, which is recovered again).
+/// Returns the new file.
+fn remove_range(
+    env: &Env,
+    seg: &SegmentSpan<'_>,
+    file: &dyn StorageFile,
+    from: u64,
+    to: u64,
+) -> Result<Arc<dyn StorageFile>> {
+    let storage = &*env.storage;
+    let len = file.len().map_err(|e| LogError::io("read", seg.path, e))?;
+    let mut name = seg.path.file_name().unwrap_or_default().to_os_string();
+    name.push(cleaner::CLEANED_SUFFIX);
+    let tmp = seg.path.with_file_name(name);
+    let out = storage
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(|e| LogError::io("create", &tmp, e))?;
+    copy_range(file, &*out, 0, from, 0)
+        .and_then(|()| copy_range(file, &*out, to, len, from))
+        .and_then(|()| out.sync_data())
+        .map_err(|e| LogError::io("rewrite", &tmp, e))?;
+    drop(out);
+    for p in [
+        segment::index_path(seg.dir, seg.base),
+        segment::time_index_path(seg.dir, seg.base),
+    ] {
+        if storage.exists(&p) {
+            storage
+                .remove_file(&p)
+                .map_err(|e| LogError::io("delete index", &p, e))?;
+        }
+    }
+    storage
+        .rename(&tmp, seg.path)
+        .and_then(|()| storage.sync_dir(seg.dir))
+        .map_err(|e| LogError::io("rename", &tmp, e))?;
+    env.files.forget(seg.path);
+    storage
+        .open(seg.path, OpenMode::ReadWrite)
+        .map_err(|e| LogError::io("open segment", seg.path, e))
+}
+
+/// Copies `from..to` of `src` to `dst` at `at`, a megabyte at a time.
+fn copy_range(
+    src: &dyn StorageFile,
+    dst: &dyn StorageFile,
+    from: u64,
+    to: u64,
+    at: u64,
+) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = Vec::new();
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(CHUNK);
+        buf.resize(n as usize, 0);
+        src.read_exact_at(&mut buf, pos)?;
+        dst.write_all_at(&buf, at + (pos - from))?;
+        pos += n;
+    }
+    Ok(())
 }
 
 fn write_rebuilt_indexes(env: &Env, dir: &Path, stats: &SegmentStats) {

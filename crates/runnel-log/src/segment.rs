@@ -25,6 +25,9 @@ const OFFSET_ENTRY_BYTES: usize = 8;
 const TIME_ENTRY_BYTES: usize = 12;
 /// Bytes read at a time when walking a segment.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// The largest batch [`resync`] will believe in: larger than any frame the broker
+/// accepts, so a damaged length field cannot make it read (and allocate) gigabytes.
+const RESYNC_BATCH_BYTES_MAX: u64 = 1 << 27;
 
 /// The data file of the segment starting at `base`.
 pub(crate) fn log_path(dir: &Path, base: Offset) -> PathBuf {
@@ -278,26 +281,91 @@ pub(crate) struct ScanStop {
     pub(crate) reason: String,
 }
 
-/// Walks every batch of a segment, checking framing, magic, counts, CRC and offset
-/// order, and rebuilds the segment's stats. Stops at the first bad batch.
+/// Walks every batch of a segment, checking framing, magic, counts, CRC and offsets,
+/// and rebuilds the segment's stats. Stops at the first bad batch. `limit` is the first
+/// offset the segment may not hold (the next segment's base; `Offset(u64::MAX)` for the
+/// last one).
 pub(crate) fn scan(
     file: &dyn StorageFile,
     base: Offset,
     index_interval_bytes: u32,
+    limit: Offset,
 ) -> io::Result<(SegmentStats, Option<ScanStop>)> {
-    scan_until(file, base, index_interval_bytes, Offset(u64::MAX))
+    let (stats, stop) = scan_until(file, base, index_interval_bytes, Offset(u64::MAX), limit)?;
+    match stop {
+        // The batch before the stop is the one to blame: rescan up to it.
+        Some(stop) if stop.position < stats.size => {
+            let (stats, _) = scan_prefix(file, base, index_interval_bytes, stop.position)?;
+            Ok((stats, Some(stop)))
+        }
+        stop => Ok((stats, stop)),
+    }
+}
+
+/// The stats of the batches that lie wholly before byte `end`, which a previous scan
+/// found valid.
+fn scan_prefix(
+    file: &dyn StorageFile,
+    base: Offset,
+    index_interval_bytes: u32,
+    end: u64,
+) -> io::Result<(SegmentStats, Option<ScanStop>)> {
+    let mut stats = SegmentStats::empty(base);
+    let mut reader = ChunkReader::new(file, end, SCAN_CHUNK_BYTES);
+    while let Some(head) = reader.get(stats.size, HEADER_BYTES)? {
+        let header = BatchHeader::parse(head).expect("header length checked");
+        if stats.size + header.total_bytes() > end {
+            break;
+        }
+        stats.record(&header, index_interval_bytes);
+    }
+    Ok((stats, None))
+}
+
+/// Why the batch `header` cannot follow the batches before it in a segment based at
+/// `base` that may hold offsets below `limit`, when `expected` is the next offset.
+/// `baseOffset` lies outside the CRC: a flipped bit there must be caught here, never
+/// served, never allowed to move the log end.
+fn offset_problem(
+    header: &BatchHeader<'_>,
+    base: Offset,
+    expected: Offset,
+    limit: Offset,
+) -> Option<String> {
+    let first = header.base_offset_raw();
+    if first < expected.0 as i64 {
+        return Some(format!(
+            "batch offset {first} is below the expected {expected}"
+        ));
+    }
+    let last = header.last_offset();
+    if last.0 - base.0 >= u64::from(u32::MAX) || last >= limit {
+        return Some(format!(
+            "batch offsets {first}..={} lie outside the segment (base {base}, limit {limit})",
+            last.0
+        ));
+    }
+    None
 }
 
 /// Like [`scan`], but stops before the first batch whose last offset is `>= end`.
+/// A stop's position may lie before the returned size: when a batch starts below the
+/// expected offset exactly where its predecessor would have ended had that one started
+/// at *its* expected offset, the predecessor's `baseOffset` is the damaged one, and the
+/// stop names it.
 pub(crate) fn scan_until(
     file: &dyn StorageFile,
     base: Offset,
     index_interval_bytes: u32,
     end: Offset,
+    limit: Offset,
 ) -> io::Result<(SegmentStats, Option<ScanStop>)> {
     let len = file.len()?;
     let mut stats = SegmentStats::empty(base);
     let mut reader = ChunkReader::new(file, len, SCAN_CHUNK_BYTES);
+    // The last batch that started above the expected offset (a gap): its position, the
+    // offset it should have started at, and how many offsets it spans.
+    let mut last_gap: Option<(u64, Offset, u64)> = None;
     while stats.size < len {
         let pos = stats.size;
         let stop = |reason: String| ScanStop {
@@ -321,13 +389,23 @@ pub(crate) fn scan_until(
                 Some(stop(format!("bad batch length {}", header.batch_length()))),
             ));
         }
-        if header.base_offset_raw() < stats.next_offset.0 as i64 {
-            let msg = format!(
-                "batch offset {} is below the expected {}",
-                header.base_offset_raw(),
-                stats.next_offset
-            );
-            return Ok((stats, Some(stop(msg))));
+        if let Some(reason) = offset_problem(&header, base, stats.next_offset, limit) {
+            if let Some((gap_pos, gap_expected, span)) = last_gap
+                && header.base_offset_raw() == gap_expected.0.saturating_add(span) as i64
+            {
+                let reason = format!(
+                    "batch offset does not continue the log: expected {gap_expected}, \
+                     and the next batch starts where this one should have ended"
+                );
+                return Ok((
+                    stats,
+                    Some(ScanStop {
+                        position: gap_pos,
+                        reason,
+                    }),
+                ));
+            }
+            return Ok((stats, Some(stop(reason))));
         }
         let Some(bytes) = reader.get(pos, total as usize)? else {
             return Ok((
@@ -345,9 +423,62 @@ pub(crate) fn scan_until(
         if header.last_offset() >= end {
             break;
         }
+        last_gap = (header.base_offset() > stats.next_offset).then(|| {
+            let span = header.last_offset().0 - header.base_offset().0 + 1;
+            (pos, stats.next_offset, span)
+        });
         stats.record(&header, index_interval_bytes);
     }
     Ok((stats, None))
+}
+
+/// Looks for the first valid batch at or after byte `from`: framing, magic, CRC, and
+/// offsets from `min_offset` up to `limit`. Returns its position. Recovery uses it to
+/// step over a damaged batch whose length field may itself be damaged: it tries the
+/// position the damaged batch's length points to first, then every byte.
+pub(crate) fn resync(
+    file: &dyn StorageFile,
+    base: Offset,
+    from: u64,
+    hint: Option<u64>,
+    min_offset: Offset,
+    limit: Offset,
+) -> io::Result<Option<u64>> {
+    let len = file.len()?;
+    let mut reader = ChunkReader::new(file, len, SCAN_CHUNK_BYTES);
+    let mut valid_at = |pos: u64| -> io::Result<bool> {
+        let Some(head) = reader.get(pos, HEADER_BYTES)? else {
+            return Ok(false);
+        };
+        let header = BatchHeader::parse(head).expect("header length checked");
+        if header.magic() != batch::MAGIC_V2
+            || header.total_bytes() > RESYNC_BATCH_BYTES_MAX
+            || header.batch_length() < (HEADER_BYTES - batch::LOG_OVERHEAD_BYTES) as i32
+            || offset_problem(&header, base, min_offset, limit).is_some()
+        {
+            return Ok(false);
+        }
+        let total = header.total_bytes();
+        let Some(bytes) = reader.get(pos, total as usize)? else {
+            return Ok(false);
+        };
+        let header = BatchHeader::parse(bytes).expect("header length checked");
+        Ok(batch::check_header(&header).is_ok() && batch::check_crc(&header, bytes).is_ok())
+    };
+    if let Some(h) = hint
+        && h >= from
+        && valid_at(h)?
+    {
+        return Ok(Some(h));
+    }
+    let mut pos = from;
+    while pos + HEADER_BYTES as u64 <= len {
+        if valid_at(pos)? {
+            return Ok(Some(pos));
+        }
+        pos += 1;
+    }
+    Ok(None)
 }
 
 /// Loads a segment that was sealed (or cleanly closed) from its index files, walking

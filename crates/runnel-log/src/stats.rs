@@ -60,6 +60,11 @@ impl Histogram {
 pub struct LogStats {
     /// Duration of each `fdatasync` of a segment (group commits and flushes).
     pub fsync: Histogram,
+    /// Damaged batches found below a recovery point or in a sealed segment, moved aside
+    /// at open ([`crate::recovery::RecoveryEvent::Quarantined`]) or stepped over by reads.
+    pub quarantined_batches: std::sync::atomic::AtomicU64,
+    /// The bytes of those batches.
+    pub quarantined_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[cfg(test)]
