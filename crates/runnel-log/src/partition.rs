@@ -578,8 +578,8 @@ impl Partition {
     }
 
     /// Records the durable offset as the recovery point if it moved since the last one
-    /// and [`RECOVERY_POINT_INTERVAL_MS`] has passed (always, with `now == None`). The
-    /// log's background thread calls this; see [`RECOVERY_POINT_INTERVAL_MS`].
+    /// and a second has passed (always, with `now == None`). The log's background
+    /// thread calls this; the recovery module says what the point is for.
     pub fn checkpoint_recovery_point(&self, now: Option<TimestampMs>) -> Result<()> {
         if self.is_deleted() || self.poison.get().is_some() {
             return Ok(());

@@ -1,16 +1,38 @@
 //! Opening a partition: find its segments, trust what was sealed, scan what may be torn.
 //!
+//! - Every partition records its **recovery point**: an offset below which everything
+//!   was fsynced. A roll sets it to the new segment's base, the log's background thread
+//!   moves it to the durable offset every second,
+//!   a clean shutdown to the log end.
 //! - After a **clean shutdown** (the log's marker file was present) every segment is
 //!   loaded from its index files; only the bytes after the last index entry are walked.
-//! - After a **crash**, segments below the partition's recovery point were synced and
-//!   sealed when they rolled, so they load the same way. Segments from the recovery point
-//!   on are scanned batch by batch: framing, magic, counts, CRC-32C and offset order.
-//!   The first bad batch ends the log: the file is cut there, later segments are deleted,
-//!   and a warning names the file, the position and what was cut.
+//! - After a **crash**, segments below the recovery point's segment were synced and
+//!   sealed when they rolled, so they load the same way. The rest are scanned batch by
+//!   batch: framing, magic, counts, CRC-32C, and offsets (`baseOffset` and
+//!   `batchLength` lie outside the CRC: a batch must start at or after the offset
+//!   expected, end below the next segment's base, and a batch whose successor
+//!   contradicts its `baseOffset` is the damaged one).
+//! - A bad batch **below the recovery point** was written whole and fsynced, so its
+//!   damage is bit rot, not a torn write: it is **quarantined**. Its bytes are copied to
+//!   `<base>.<position>.quarantined` beside the segment, the segment is rewritten without
+//!   them (the next valid batch is found by its length field or, when that is damaged
+//!   too, byte by byte), the offsets it held are reported lost
+//!   ([`RecoveryEvent::Quarantined`], an error log, the `quarantined` counters of
+//!   [`crate::stats::LogStats`]), and every valid batch after it is kept. Readers step
+//!   over the hole as over offsets compaction removed.
+//! - A bad batch **at or above the recovery point** may be a torn tail: the file is cut
+//!   there, later segments are deleted, and a warning names the file, the position and
+//!   what was cut. Only unsynced, so unacknowledged, batches can lie there, save those
+//!   acknowledged since the last checkpoint (at most one interval's worth).
+//! - Offsets are never reused: a log that ends below its recovery point (acknowledged
+//!   batches missing) has its end raised to it ([`RecoveryEvent::EndRaised`]).
 //! - Index files that are missing or disagree with the data are rebuilt from it.
 //! - A cleaner swap interrupted by a crash is finished (`<base>.log.swap`, committed) or
 //!   discarded (`<base>.log.cleaned`, not committed) before anything is loaded; see
 //!   [`crate::cleaner`].
+//! - Segments trusted at open are not CRC-checked then (that would read every byte at
+//!   every start); reads check every batch, and a damaged one found there is stepped
+//!   over and counted, never served, never a consumer stuck in front of it.
 //!
 //! Nothing that fails its CRC is ever served: reads check every batch again.
 
