@@ -42,6 +42,8 @@ struct Faults {
     syncs: AtomicU64,
     /// When set, writes fail with an I/O error.
     fail_writes: AtomicBool,
+    /// When set, directory syncs fail with an I/O error.
+    fail_dir_syncs: AtomicBool,
     /// Operations that change files or directories so far (see [`SimStorage::op_count`]).
     ops: AtomicU64,
     /// A power cut armed to happen just before this operation.
@@ -228,6 +230,11 @@ impl SimStorage {
     /// After `n` more successful syncs, every sync fails.
     pub fn fail_syncs_after(&self, n: i64) {
         self.faults.syncs_before_failure.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every directory sync fail (`true`) or succeed again (`false`).
+    pub fn fail_dir_syncs(&self, fail: bool) {
+        self.faults.fail_dir_syncs.store(fail, Ordering::SeqCst);
     }
 
     /// Makes every write fail (or succeed again).
@@ -472,6 +479,9 @@ impl Storage for SimStorage {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.tick();
+        if self.faults.fail_dir_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("simulated directory sync failure"));
+        }
         if lock(&self.tree).dirs.contains(path) {
             Ok(())
         } else {

@@ -443,6 +443,35 @@ fn a_failed_fsync_poisons_the_partition() {
 }
 
 #[test]
+fn a_failed_directory_sync_at_roll_poisons_the_partition() {
+    let sim = Sim::new(small_segments());
+    let log = sim.open();
+    log.create_topic("t", 1, &no_overrides()).unwrap();
+    let p = part(&log, "t");
+    let segments = p.segment_count();
+    sim.storage.fail_dir_syncs(true);
+    // Append until a roll needs the new segment's name made durable.
+    let mut failed = None;
+    for i in 0..100u8 {
+        if let Err(e) = p.append(&batch(1, 300, 0, i)) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("a roll came and failed");
+    assert!(failed.to_string().contains("sync directory"), "{failed}");
+    assert!(p.poisoned().is_some());
+    sim.storage.fail_dir_syncs(false);
+    // Not EEXIST at every later roll, and not appends to a file whose name may be lost:
+    // the partition says why it refuses writes.
+    assert!(matches!(
+        p.append(&batch(1, 300, 0, 0)),
+        Err(LogError::Poisoned { .. })
+    ));
+    assert_eq!(p.segment_count(), segments);
+}
+
+#[test]
 fn a_failed_write_leaves_nothing_behind() {
     let sim = Sim::new(TopicConfig::default());
     let log = sim.open();
