@@ -556,11 +556,10 @@ impl Partition {
         // A segment file whose name may not be durable (its directory sync failed) must
         // not take appends, and is still there for the next roll to trip over (EEXIST):
         // the partition refuses writes from here, as after a failed data sync.
-        let next = Segment::create(&self.env, &self.dir, new_base).map_err(|e| {
+        let next = Segment::create(&self.env, &self.dir, new_base).inspect_err(|e| {
             let cause = e.to_string();
             error!(topic = %self.topic, partition = self.id.0, %cause, "partition refuses writes from now on");
             let _ = self.poison.set(cause);
-            e
         })?;
         let old = st.active_mut();
         old.stats.seal();
