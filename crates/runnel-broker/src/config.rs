@@ -13,6 +13,20 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 << 20;
 /// Connections served at once; more are accepted and closed at once, so a flood cannot
 /// exhaust file descriptors or memory.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Connections served at once from one peer IP address (Kafka's `max.connections.per.ip`,
+/// unlimited there): one misbehaving host cannot take every slot of `connections-max`.
+/// A quarter of them by default, so at least four hosts always get in.
+pub const CONNECTIONS_PER_IP_MAX_DEFAULT: usize = CONNECTIONS_MAX_DEFAULT / 4;
+/// Kafka's `connections.max.idle.ms` (10 minutes there too): a connection that has no
+/// request in progress for this long is closed, so silent sockets give their slot back.
+pub const CONNECTION_IDLE_MS_MAX_DEFAULT: u32 = 600_000;
+/// Once the first byte of a request frame has arrived, the whole frame must arrive
+/// within this long (30 s, as Kafka's client-side `request.timeout.ms`), so a peer
+/// cannot hold a partial frame and its buffer open forever.
+pub const FRAME_READ_MS_MAX_DEFAULT: u32 = 30_000;
+/// Kafka's broker `fetch.max.bytes` (55 MiB there too): the most record bytes one Fetch
+/// response carries, whatever the request asks.
+pub const FETCH_BYTES_MAX_DEFAULT: usize = 57_671_680;
 /// The broker's node id, the same in Metadata, FindCoordinator and leader fields.
 pub const NODE_ID: i32 = 1;
 
@@ -37,8 +51,25 @@ pub struct BrokerConfig {
     pub durability: Durability,
     /// Largest request frame accepted.
     pub frame_bytes_max: usize,
-    /// Connections served at once.
+    /// Connections served at once; more are accepted and closed at once.
     pub connections_max: usize,
+    /// Connections served at once from one peer IP address (Kafka's
+    /// `max.connections.per.ip`); more from that address are accepted and closed at
+    /// once, with a warning, while the others are served on. Default 256.
+    pub connections_per_ip_max: usize,
+    /// Kafka's `connections.max.idle.ms`: a connection with no request in progress for
+    /// this long is closed. A request in progress (a Fetch the broker is holding, a
+    /// Produce waiting for its fsync) is not idle time. Default 600000 (10 minutes).
+    pub connection_idle_ms_max: u32,
+    /// How long a request frame may take to arrive once its first byte has: a slower
+    /// frame closes the connection and frees its buffer. Default 30000 (30 s).
+    pub frame_read_ms_max: u32,
+    /// Kafka's broker `fetch.max.bytes`: the record bytes of one Fetch response at most.
+    /// A request's `max_bytes` is capped by it, and `max_bytes` or
+    /// `partition_max_bytes` of zero or less mean this cap. As in Kafka (KIP-74), the
+    /// first batch is returned whole even when larger, so consumers make progress.
+    /// Default 57671680 (55 MiB).
+    pub fetch_bytes_max: usize,
     /// Log filter for the binary (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
     /// Kafka's `group.initial.rebalance.delay.ms`: how long a new group's first
@@ -62,6 +93,10 @@ impl Default for BrokerConfig {
             durability: Durability::Always,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_ip_max: CONNECTIONS_PER_IP_MAX_DEFAULT,
+            connection_idle_ms_max: CONNECTION_IDLE_MS_MAX_DEFAULT,
+            frame_read_ms_max: FRAME_READ_MS_MAX_DEFAULT,
+            fetch_bytes_max: FETCH_BYTES_MAX_DEFAULT,
             log_level: "info".into(),
             group_initial_rebalance_delay_ms: 3_000,
             group_session_timeout_ms_min: 6_000,
@@ -103,6 +138,10 @@ impl BrokerConfig {
         "durability",
         "frame-bytes-max",
         "connections-max",
+        "connections-per-ip-max",
+        "connection-idle-ms-max",
+        "frame-read-ms-max",
+        "fetch-bytes-max",
         "log-level",
         "group-initial-rebalance-delay-ms",
         "group-min-session-timeout-ms",
@@ -150,6 +189,10 @@ impl BrokerConfig {
             "durability" => self.durability = v.parse().map_err(|e: String| bad(key, value, e))?,
             "frame-bytes-max" => self.frame_bytes_max = number()? as usize,
             "connections-max" => self.connections_max = number()? as usize,
+            "connections-per-ip-max" => self.connections_per_ip_max = number()? as usize,
+            "connection-idle-ms-max" => self.connection_idle_ms_max = ms(number()?)?,
+            "frame-read-ms-max" => self.frame_read_ms_max = ms(number()?)?,
+            "fetch-bytes-max" => self.fetch_bytes_max = number()? as usize,
             "log-level" => self.log_level = v.to_string(),
             "group-initial-rebalance-delay-ms" => {
                 self.group_initial_rebalance_delay_ms = ms(number()?)?;
@@ -188,6 +231,34 @@ impl BrokerConfig {
                 "connections-max",
                 &self.connections_max.to_string(),
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self.connections_per_ip_max == 0 || self.connections_per_ip_max > 1_000_000 {
+            return Err(bad(
+                "connections-per-ip-max",
+                &self.connections_per_ip_max.to_string(),
+                "must be between 1 and 1000000",
+            ));
+        }
+        for (key, ms) in [
+            ("connection-idle-ms-max", self.connection_idle_ms_max),
+            ("frame-read-ms-max", self.frame_read_ms_max),
+        ] {
+            if ms == 0 {
+                return Err(bad(
+                    key,
+                    &ms.to_string(),
+                    "must be at least 1 (milliseconds)",
+                ));
+            }
+        }
+        // Kafka's floor for `fetch.max.bytes`; the ceiling keeps a response's size
+        // inside an int32 frame with room for its headers.
+        if !(1024..=1 << 30).contains(&self.fetch_bytes_max) {
+            return Err(bad(
+                "fetch-bytes-max",
+                &self.fetch_bytes_max.to_string(),
+                "must be between 1024 and 1073741824",
             ));
         }
         if self.group_session_timeout_ms_min > self.group_session_timeout_ms_max {
@@ -258,6 +329,10 @@ mod tests {
             ("durability", "interval:50"),
             ("frame-bytes-max", "2048"),
             ("connections-max", "10"),
+            ("connections-per-ip-max", "5"),
+            ("connection-idle-ms-max", "300"),
+            ("frame-read-ms-max", "200"),
+            ("fetch-bytes-max", "65536"),
             ("log-level", "debug"),
             ("group-initial-rebalance-delay-ms", "0"),
             ("group-min-session-timeout-ms", "1000"),
@@ -269,7 +344,11 @@ mod tests {
         assert_eq!(c.default_partitions, 4);
         assert!(!c.auto_create_topics);
         assert_eq!(c.advertise.as_deref(), Some("localhost:19092"));
-        assert_eq!(BrokerConfig::KEYS.len(), 13);
+        assert_eq!(BrokerConfig::KEYS.len(), 17);
+        assert_eq!(c.connections_per_ip_max, 5);
+        assert_eq!(c.connection_idle_ms_max, 300);
+        assert_eq!(c.frame_read_ms_max, 200);
+        assert_eq!(c.fetch_bytes_max, 65536);
         assert_eq!(c.group_config().initial_rebalance_delay_ms, 0);
     }
 
@@ -291,5 +370,17 @@ mod tests {
         let mut c = BrokerConfig::default();
         c.set("advertise", "host-without-port").unwrap();
         assert!(c.validate().is_err());
+        for (k, v) in [
+            ("connections-per-ip-max", "0"),
+            ("connection-idle-ms-max", "0"),
+            ("frame-read-ms-max", "0"),
+            ("fetch-bytes-max", "100"),
+        ] {
+            let mut c = BrokerConfig::default();
+            c.set(k, v).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, k, "{e}");
+        }
+        assert!(c.set("connection-idle-ms-max", "4294967296").is_err());
     }
 }

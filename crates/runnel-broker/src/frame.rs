@@ -2,11 +2,13 @@
 //! knowledge of what the bytes mean beyond the fixed request prefix.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 
 /// The fixed start of every request: api key, api version, correlation id.
 pub const REQUEST_PREFIX_BYTES: usize = 8;
@@ -28,6 +30,12 @@ pub enum FrameError {
     /// The peer closed the connection in the middle of a frame.
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// No byte of a next frame arrived before the idle deadline.
+    #[error("connection idle: no request before the idle deadline")]
+    Idle,
+    /// A frame's bytes did not all arrive within the time allowed for one frame.
+    #[error("request frame not complete within {0:?} of its first byte")]
+    Slow(Duration),
     /// A socket error.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -76,7 +84,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Reads frames from a byte stream, keeping partial frames in its own buffer, so that
-/// [`FrameReader::next`] is cancel-safe: a connection loop can `select!` on it.
+/// [`FrameReader::next_within`] is cancel-safe: a connection loop can `select!` on it.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -100,7 +108,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame body; `Ok(None)` when the peer closed cleanly between frames.
     /// Memory grows with the bytes that arrive, not with the size a peer claims.
-    pub async fn next(&mut self) -> Result<Option<BytesMut>, FrameError> {
+    ///
+    /// Two deadlines bound the wait. Until a frame's first byte arrives, `idle_until`
+    /// (none: wait as long as it takes); from then on, `frame_time_max` for the whole
+    /// frame ([`FrameError::Idle`], [`FrameError::Slow`]). A frame already begun when
+    /// this is called gets its time from the call: the caller was busy serving, not
+    /// reading, and bytes the peer sent meanwhile wait in the socket.
+    pub async fn next_within(
+        &mut self,
+        idle_until: Option<Instant>,
+        frame_time_max: Duration,
+    ) -> Result<Option<BytesMut>, FrameError> {
+        let mut frame_until = (!self.buf.is_empty()).then(|| Instant::now() + frame_time_max);
         loop {
             let mut want = READ_BYTES_MIN;
             if let Some(head) = self.buf.first_chunk::<4>() {
@@ -123,13 +142,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 want = want.max((4 + size - self.buf.len()).min(FRAME_READ_CHUNK_BYTES));
             }
             self.buf.reserve(want);
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let read = self.inner.read_buf(&mut self.buf);
+            let n = match frame_until.or(idle_until) {
+                None => read.await?,
+                Some(until) => match tokio::time::timeout_at(until, read).await {
+                    Ok(n) => n?,
+                    Err(_) if frame_until.is_some() => {
+                        return Err(FrameError::Slow(frame_time_max));
+                    }
+                    Err(_) => return Err(FrameError::Idle),
+                },
+            };
+            if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
                     Err(FrameError::Truncated)
                 };
             }
+            frame_until.get_or_insert_with(|| Instant::now() + frame_time_max);
         }
     }
 }
@@ -226,5 +257,64 @@ mod tests {
             read_frame(&mut cut, 100).await,
             Err(FrameError::Truncated)
         ));
+    }
+
+    /// A frame that announces 100 MiB and sends ten bytes holds about a read chunk, not
+    /// 100 MiB; and it is given up once the frame deadline passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_announced_frame_holds_little_memory_and_times_out() {
+        let (mut peer, broker_side) = tokio::io::duplex(1 << 16);
+        let mut head = (100i32 << 20).to_be_bytes().to_vec();
+        head.extend_from_slice(&[0, 18, 0, 3, 0, 0, 0, 1, 0, 0]);
+        tokio::io::AsyncWriteExt::write_all(&mut peer, &head)
+            .await
+            .unwrap();
+        let mut frames = FrameReader::new(broker_side, 200 << 20);
+        let r = frames.next_within(None, Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(FrameError::Slow(_))), "{r:?}");
+        assert!(
+            frames.buf.capacity() <= 2 * FRAME_READ_CHUNK_BYTES,
+            "{} bytes reserved for 14 received",
+            frames.buf.capacity()
+        );
+    }
+
+    /// The idle deadline applies between frames only; once a frame has begun, the frame
+    /// deadline counts from its first byte.
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_frame_deadlines() {
+        let (_peer, broker_side) = tokio::io::duplex(1 << 16);
+        let mut frames = FrameReader::new(broker_side, 1 << 20);
+        let idle_until = Instant::now() + Duration::from_secs(1);
+        let r = frames
+            .next_within(Some(idle_until), Duration::from_secs(60))
+            .await;
+        assert!(matches!(r, Err(FrameError::Idle)), "{r:?}");
+
+        let frame = [0, 0, 0, 8, 0, 18, 0, 3, 0, 0, 0, 7];
+        for (gap_secs, served) in [(2, true), (20, false)] {
+            let (mut peer, broker_side) = tokio::io::duplex(1 << 16);
+            let mut frames = FrameReader::new(broker_side, 1 << 20);
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // Silent for longer than a frame may take: that is idle time, not frame time.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                peer.write_all(&frame[..6]).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(gap_secs)).await;
+                let _ = peer.write_all(&frame[6..]).await;
+                peer
+            });
+            let idle_until = Instant::now() + Duration::from_secs(600);
+            let r = frames
+                .next_within(Some(idle_until), Duration::from_secs(10))
+                .await;
+            if served {
+                assert_eq!(r.unwrap().unwrap().len(), 8);
+            } else {
+                assert!(matches!(r, Err(FrameError::Slow(_))), "{r:?}");
+            }
+            drop(frames);
+            let _ = writer.await;
+        }
     }
 }

@@ -16,8 +16,9 @@
 //!   API family.
 //! - `errors`: the one place where storage, produce and group errors become Kafka error
 //!   codes.
-//! - `server`: TCP accept with a connection limit, strictly in-order request handling
-//!   per connection, graceful shutdown.
+//! - `server`: TCP accept with connection limits (overall and per address), idle and
+//!   frame deadlines, strictly in-order request handling per connection, graceful
+//!   shutdown.
 //!
 //! ## Public surface
 //!
@@ -33,9 +34,12 @@
 //!
 //! ## Limits
 //!
-//! Request frames are limited by `frame-bytes-max` (100 MiB by default), connections by
-//! `connections-max` (1024), fetch waits by [`FETCH_WAIT_MS_MAX`], and batches by each
-//! topic's `max.message.bytes`.
+//! Request frames are limited by `frame-bytes-max` (100 MiB by default) and must arrive
+//! whole within `frame-read-ms-max` (30 s) of their first byte; connections by
+//! `connections-max` (1024), `connections-per-ip-max` (256) and
+//! `connection-idle-ms-max` (10 minutes without a request in progress); fetch waits by
+//! [`FETCH_WAIT_MS_MAX`], Fetch responses by `fetch-bytes-max` (55 MiB, the first batch
+//! always whole), and batches by each topic's `max.message.bytes`.
 
 mod apis;
 mod broker;

@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load generator for any Kafka-compatible broker: MB/s, msgs/s and latency.
     #[command(
         subcommand,
@@ -135,6 +135,22 @@ struct ServeArgs {
     /// Connections served at once [default: 1024]
     #[arg(long, env = "RUNNEL_CONNECTIONS_MAX", value_name = "N")]
     connections_max: Option<String>,
+    /// Connections served at once from one peer IP address, like Kafka's
+    /// max.connections.per.ip [default: 256]
+    #[arg(long, env = "RUNNEL_CONNECTIONS_PER_IP_MAX", value_name = "N")]
+    connections_per_ip_max: Option<String>,
+    /// Close a connection with no request in progress for this long, like Kafka's
+    /// connections.max.idle.ms [default: 600000]
+    #[arg(long, env = "RUNNEL_CONNECTION_IDLE_MS_MAX", value_name = "MS")]
+    connection_idle_ms_max: Option<String>,
+    /// Close a connection whose request frame does not arrive whole within this long
+    /// of its first byte [default: 30000]
+    #[arg(long, env = "RUNNEL_FRAME_READ_MS_MAX", value_name = "MS")]
+    frame_read_ms_max: Option<String>,
+    /// Record bytes in one Fetch response at most (the first batch always whole), like
+    /// Kafka's fetch.max.bytes [default: 57671680]
+    #[arg(long, env = "RUNNEL_FETCH_BYTES_MAX", value_name = "BYTES")]
+    fetch_bytes_max: Option<String>,
     /// Log level: error, warn, info, debug, trace, or a filter [default: info]
     #[arg(long, env = "RUNNEL_LOG_LEVEL", value_name = "LEVEL")]
     log_level: Option<String>,
@@ -155,7 +171,7 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn flags(&self) -> [(&'static str, &Option<String>); 13] {
+    fn flags(&self) -> [(&'static str, &Option<String>); 17] {
         [
             ("listen", &self.listen),
             ("advertise", &self.advertise),
@@ -166,6 +182,10 @@ impl ServeArgs {
             ("durability", &self.durability),
             ("frame-bytes-max", &self.frame_bytes_max),
             ("connections-max", &self.connections_max),
+            ("connections-per-ip-max", &self.connections_per_ip_max),
+            ("connection-idle-ms-max", &self.connection_idle_ms_max),
+            ("frame-read-ms-max", &self.frame_read_ms_max),
+            ("fetch-bytes-max", &self.fetch_bytes_max),
             ("log-level", &self.log_level),
             (
                 "group-initial-rebalance-delay-ms",
@@ -214,7 +234,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         Some(Command::Bench(mode)) => return run_bench(mode),
         Some(Command::Topic { conn, cmd }) => {
             return run_tool("topic", || tools::topic::run_blocking(&conn, cmd));

@@ -5,6 +5,13 @@
 //! high-watermark notifications (never polling) and gathers again. Every requested
 //! partition is answered, `records` is never null, and `session_id` stays 0: Runnel keeps
 //! no fetch sessions (KIP-227), so clients send full requests.
+//!
+//! Sizes are bounded as in Kafka: the response carries at most the request's `max_bytes`,
+//! itself capped by the broker's `fetch-bytes-max` (Kafka's `fetch.max.bytes`), and each
+//! partition at most its `partition_max_bytes`, capped the same way; a `max_bytes` or
+//! `partition_max_bytes` of zero or less means the broker's cap, never "unlimited". The
+//! one exception is KIP-74's: the first batch of the first partition with data is
+//! returned whole even if it is larger, so a consumer always makes progress.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,11 +68,8 @@ impl Broker {
                 .collect(),
         );
         let min_bytes = req.min_bytes.max(0) as usize;
-        let max_bytes = if req.max_bytes <= 0 {
-            usize::MAX
-        } else {
-            req.max_bytes as usize
-        };
+        let cap = self.config.fetch_bytes_max;
+        let max_bytes = bytes_limit(req.max_bytes, cap);
         let wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
         let deadline = tokio::time::Instant::now() + wait;
         let mut shutdown = self.shutdown.clone();
@@ -74,7 +78,9 @@ impl Broker {
             let mut watches = self.watches(&wants);
             let log = self.log.clone();
             let w = wants.clone();
-            let (topics, total, failed) = self.blocking(move || gather(&log, &w, max_bytes)).await;
+            let (topics, total, failed) = self
+                .blocking(move || gather(&log, &w, max_bytes, cap))
+                .await;
             let done = total >= min_bytes
                 || failed
                 || tokio::time::Instant::now() >= deadline
@@ -126,6 +132,15 @@ impl Broker {
     }
 }
 
+/// A size from the request, bounded by the broker's `cap`: zero or less (Kafka's
+/// clients never send that; a hostile or broken one may) means the cap itself.
+fn bytes_limit(requested: i32, cap: usize) -> usize {
+    usize::try_from(requested)
+        .ok()
+        .filter(|n| *n > 0)
+        .map_or(cap, |n| n.min(cap))
+}
+
 /// Resolves when any receiver sees a new value (or its partition goes away).
 async fn any_changed(watches: &mut [watch::Receiver<Offset>]) {
     let mut futures: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = watches
@@ -148,10 +163,13 @@ async fn any_changed(watches: &mut [watch::Receiver<Offset>]) {
 
 /// Reads what is there now. Returns the topics, the bytes gathered, and whether any
 /// partition answered with an error (which ends the wait, as in Kafka).
+/// `max_bytes` bounds the whole response, `cap` each partition whose own limit is zero
+/// or less.
 fn gather(
     log: &Log,
     wants: &[Want],
     max_bytes: usize,
+    cap: usize,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
     let mut failed = false;
@@ -161,14 +179,14 @@ fn gather(
         t.topic = topic_name(&w.topic);
         for &(index, offset, partition_max, leader_epoch) in &w.partitions {
             let remaining = max_bytes.saturating_sub(total);
+            let limit = bytes_limit(partition_max, cap).min(remaining);
             let p = fetch_partition(
                 log,
                 &w.topic,
                 index,
                 offset,
-                partition_max,
                 leader_epoch,
-                remaining,
+                limit,
                 total == 0,
             );
             if p.error_code != 0 {
@@ -182,15 +200,16 @@ fn gather(
     (topics, total, failed)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One partition's answer: whole batches from `offset` up to `limit` bytes (the
+/// partition's limit and what the response has left, whichever is smaller), or, when
+/// `first`, at least one batch whatever its size.
 fn fetch_partition(
     log: &Log,
     topic: &str,
     index: i32,
     offset: i64,
-    partition_max: i32,
     leader_epoch: i32,
-    remaining: usize,
+    limit: usize,
     first: bool,
 ) -> PartitionData {
     let mut p = PartitionData::default();
@@ -216,7 +235,6 @@ fn fetch_partition(
     }
     // KIP-74: the first partition with data returns at least one whole batch, however
     // large; later ones only what fits.
-    let limit = (partition_max.max(0) as usize).min(remaining);
     if limit == 0 && !first {
         return p;
     }
@@ -232,5 +250,21 @@ fn fetch_partition(
         }
         Err(e @ LogError::OffsetOutOfRange { .. }) => fail(p, errors::log_error(&e)),
         Err(e) => fail(p, errors::log_error(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_limit;
+
+    #[test]
+    fn request_sizes_are_capped_and_zero_or_less_means_the_cap() {
+        const CAP: usize = 1 << 20;
+        assert_eq!(bytes_limit(0, CAP), CAP);
+        assert_eq!(bytes_limit(-1, CAP), CAP);
+        assert_eq!(bytes_limit(i32::MIN, CAP), CAP);
+        assert_eq!(bytes_limit(1, CAP), 1);
+        assert_eq!(bytes_limit(4096, CAP), 4096);
+        assert_eq!(bytes_limit(i32::MAX, CAP), CAP);
     }
 }
