@@ -4,7 +4,7 @@ use kafka_protocol::ResponseError;
 use runnel_core::ProduceError;
 use runnel_core::topics::TopicRuleError;
 use runnel_group::GroupError;
-use runnel_log::{BatchError, LogError};
+use runnel_log::{BatchError, CodecError, LogError};
 
 /// The Kafka error for a refused produce (the core's produce rules).
 #[must_use]
@@ -21,7 +21,21 @@ pub fn produce_error(e: &ProduceError) -> ResponseError {
             ResponseError::try_from_code(s.kafka_code()).unwrap_or(ResponseError::InvalidRecord)
         }
         ProduceError::Log(l) => log_error(l),
+        ProduceError::Decompression(c) => codec_error(c),
         _ => ResponseError::UnknownServerError,
+    }
+}
+
+/// The Kafka error for compressed records refused on produce. Records that decompress
+/// past the limit are MESSAGE_TOO_LARGE, what Kafka answers for a batch over
+/// `max.message.bytes`: the batch is too large, counted uncompressed. It is not
+/// retriable (CORRUPT_MESSAGE is, so a client would resend the batch until its delivery
+/// timeout), and the Java client answers it by splitting the batch. Records that do not
+/// decode are CORRUPT_MESSAGE, as in Kafka's `LogValidator`.
+fn codec_error(e: &CodecError) -> ResponseError {
+    match e {
+        CodecError::TooLarge { .. } => ResponseError::MessageTooLarge,
+        _ => ResponseError::CorruptMessage,
     }
 }
 

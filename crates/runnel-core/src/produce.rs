@@ -8,9 +8,17 @@
 //! the first; [`crate::Core::append`] checks all of them, appends and records the
 //! producer's batch under the partition's producer lock, so a retry cannot slip in
 //! between.
+//!
+//! Compressed batches are decompressed once on every topic, as Kafka's `LogValidator`
+//! does ([`check_compressed_records`]): their records must decode, to at most the
+//! topic's [`decompressed_bytes_max`]. The output is counted, not kept, so the check
+//! costs CPU, not memory. It keeps decompression bombs out of every log, not only the
+//! compacted ones the cleaner reads: readers that look inside (ListOffsets by time, the
+//! HTTP API, the embedded transport) would otherwise stop at such a batch for good.
 
-use runnel_log::batch::{BatchHeader, MAGIC_V2};
-use runnel_log::{AppendTicket, LogError, Offset, Partition};
+use runnel_log::batch::{BatchHeader, HEADER_BYTES, MAGIC_V2};
+use runnel_log::codec::decompressed_bytes_max;
+use runnel_log::{AppendTicket, CodecError, LogError, Offset, Partition};
 
 use crate::producer_state::{BatchSequence, SequenceCheck, SequenceError};
 use crate::producers::SharedProducers;
@@ -64,6 +72,13 @@ pub enum ProduceError {
         /// The batch's codec id.
         codec: u8,
     },
+    /// The records of a compressed batch do not decompress
+    /// ([`CodecError::Invalid`], Kafka's CORRUPT_MESSAGE), or decompress to more than
+    /// the topic's [`decompressed_bytes_max`] ([`CodecError::TooLarge`], Kafka's
+    /// MESSAGE_TOO_LARGE: the batch is larger than the broker takes, measured
+    /// uncompressed).
+    #[error("compressed records refused: {0}")]
+    Decompression(CodecError),
     /// An idempotent batch that does not continue its producer's sequence; carries the
     /// Kafka code ([`SequenceError::kafka_code`]).
     #[error(transparent)]
@@ -103,15 +118,43 @@ pub fn check_produce_rules(records: &[u8], produce_version: i16) -> Result<(), P
     Ok(())
 }
 
-/// Checks and appends one partition's batch. `state` is the partition's producer state
-/// for an idempotent batch, `None` otherwise. The ticket waits for durability.
+/// Checks that the records of a compressed batch decompress, to at most
+/// [`decompressed_bytes_max`]`(max_message_bytes)` (`max_message_bytes` is the topic's
+/// `max.message.bytes`). Uncompressed batches pass; so do batches whose header cannot
+/// be read ([`check_produce_rules`] refuses those).
+///
+/// The batch is validated as the log would first (size, counts, CRC), so bytes the log
+/// refuses anyway are never decompressed, and are refused with the log's error.
+/// Decompression stops at the limit and keeps nothing.
+pub fn check_compressed_records(
+    records: &[u8],
+    max_message_bytes: u32,
+) -> Result<(), ProduceError> {
+    let codec = match BatchHeader::parse(records) {
+        Ok(h) if h.compression() != 0 => h.compression(),
+        _ => return Ok(()),
+    };
+    runnel_log::batch::validate(records, max_message_bytes).map_err(LogError::Batch)?;
+    let payload = &records[HEADER_BYTES..];
+    crate::records::decompressed_len(codec, payload, decompressed_bytes_max(max_message_bytes))
+        .map_err(ProduceError::Decompression)?;
+    Ok(())
+}
+
+/// Checks and appends one partition's batch. `max_message_bytes` is the topic's
+/// `max.message.bytes` (for [`check_compressed_records`]). `state` is the partition's
+/// producer state for an idempotent batch, `None` otherwise. The ticket waits for
+/// durability.
 pub(crate) fn append_checked(
     partition: &Partition,
     records: &[u8],
     produce_version: i16,
+    max_message_bytes: u32,
     state: Option<SharedProducers>,
 ) -> Result<AppendTicket, ProduceError> {
     check_produce_rules(records, produce_version)?;
+    // Before the producer lock: decompressing takes time, and holds nothing.
+    check_compressed_records(records, max_message_bytes)?;
     let Some(state) = state else {
         return Ok(partition.append_deferred(records)?.into_ticket());
     };

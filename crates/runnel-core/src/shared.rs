@@ -133,7 +133,14 @@ impl Core {
         }
         let idempotent = BatchHeader::parse(batch).is_ok_and(|h| h.producer_id() >= 0);
         let state = idempotent.then(|| self.producers.for_partition(partition));
-        let ticket = append_checked(partition, batch, produce_version, state)?;
+        // A deleted topic has no settings; the append refuses it anyway.
+        let max_message_bytes = self
+            .log
+            .topic(partition.topic())
+            .map_or(runnel_log::config::MAX_MESSAGE_BYTES_DEFAULT, |t| {
+                t.config().max_message_bytes
+            });
+        let ticket = append_checked(partition, batch, produce_version, max_message_bytes, state)?;
         let counters = self.topic_metrics.topic(partition.topic());
         counters
             .bytes_in

@@ -13,7 +13,7 @@ use runnel_broker::Broker;
 use runnel_core::ProduceError;
 use runnel_core::topics::{check_user_topic, is_internal};
 use runnel_log::config::PARTITIONS_MAX;
-use runnel_log::{LogError, PartitionId};
+use runnel_log::{CodecError, LogError, PartitionId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -151,6 +151,12 @@ impl ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_partition", e.to_string())
             }
             ProduceError::Log(l) => ApiError::from_log(l),
+            // Records that decompress past the topic's limit: too large, as Kafka says.
+            ProduceError::Decompression(CodecError::TooLarge { .. }) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "records_too_large",
+                e.to_string(),
+            ),
             _ => ApiError::bad_request(e.to_string()),
         }
     }

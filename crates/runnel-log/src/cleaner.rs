@@ -50,6 +50,12 @@
 //! the codec refuses), a compressed batch is kept whole and its keys are not mapped, so
 //! it neither loses records nor shadows older ones. Control batches are kept whole.
 //!
+//! Decompression is capped at the topic's [`decompressed_bytes_max`] (from
+//! `max.message.bytes`): a batch whose records would pass it (a decompression bomb, or
+//! a batch written when the topic allowed larger ones) is kept whole the same way, with
+//! a warning per segment, and the pass goes on. So a bomb costs each pass at most the
+//! limit in memory, and is never dropped, never retried in a loop, never a panic.
+//!
 //! Simplified, stated:
 //! - no `min.cleanable.dirty.ratio`: a pass runs whenever a closed segment is dirty, or
 //!   a tombstone a pass kept has expired; no `min.compaction.lag.ms`;
@@ -73,7 +79,7 @@ use std::sync::atomic::Ordering;
 use tracing::{info, warn};
 
 use crate::batch::{self, BatchHeader, HEADER_BYTES};
-use crate::codec::BatchCodec;
+use crate::codec::{BatchCodec, CodecError, DECOMPRESSED_BYTES_CEILING, decompressed_bytes_max};
 use crate::config::{CLEANER_MAP_ENTRY_BYTES, TopicConfig};
 use crate::error::{BatchError, LogError, Result};
 use crate::io::{OpenMode, StorageFile};
@@ -153,24 +159,25 @@ fn key_hash(key: &[u8]) -> u128 {
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
-/// The uncompressed records of a batch, if the log can look inside: not a control
-/// batch, and uncompressed or decompressible by `codec`.
+/// The uncompressed records of a batch: `Ok(None)` if the log does not look inside (a
+/// control batch, or a compressed one without a codec), an error if `codec` cannot
+/// decompress the records within `limit_bytes`.
 fn records_of<'a>(
     header: &BatchHeader<'_>,
     bytes: &'a [u8],
     codec: Option<&dyn BatchCodec>,
-) -> Option<std::borrow::Cow<'a, [u8]>> {
+    limit_bytes: usize,
+) -> Result<Option<std::borrow::Cow<'a, [u8]>>, CodecError> {
     if header.is_control() {
-        return None;
+        return Ok(None);
     }
     let payload = &bytes[HEADER_BYTES..];
     match (header.compression(), codec) {
-        (0, _) => Some(std::borrow::Cow::Borrowed(payload)),
+        (0, _) => Ok(Some(std::borrow::Cow::Borrowed(payload))),
         (c, Some(codec)) => codec
-            .decompress(c, payload)
-            .ok()
-            .map(std::borrow::Cow::Owned),
-        (_, None) => None,
+            .decompress(c, payload, limit_bytes)
+            .map(|r| Some(std::borrow::Cow::Owned(r))),
+        (_, None) => Ok(None),
     }
 }
 
@@ -189,10 +196,22 @@ fn walk<'a>(
 /// Refuses a batch for a compacted topic if a record has no key (Kafka's
 /// INVALID_RECORD). Compressed batches are checked only when a codec is configured and
 /// decodes them; control batches are not checked.
+///
+/// The topic's settings are not at hand here, so decompression is capped at
+/// [`DECOMPRESSED_BYTES_CEILING`], the largest limit any topic has: front ends check
+/// the topic's own [`decompressed_bytes_max`] before they append (runnel-core's produce
+/// path does). A batch over the ceiling is refused as malformed rather than appended
+/// unchecked.
 pub(crate) fn check_keys(bytes: &[u8], codec: Option<&dyn BatchCodec>) -> Result<(), BatchError> {
     let header = BatchHeader::parse(bytes)?;
-    let Some(records) = records_of(&header, bytes, codec) else {
-        return Ok(());
+    let records = match records_of(&header, bytes, codec, DECOMPRESSED_BYTES_CEILING) {
+        Ok(Some(records)) => records,
+        Ok(None) | Err(CodecError::Invalid { .. }) => return Ok(()),
+        Err(_) => {
+            return Err(BatchError::BadRecords {
+                reason: "the records decompress to more than the broker's limit",
+            });
+        }
     };
     let mut missing = None;
     let mut index = 0;
@@ -294,7 +313,8 @@ impl Partition {
             (closed, st.segments[n].stats.base)
         };
         let first_dirty = closed.partition_point(|s| s.base < upto);
-        let (map, mapped) = self.build_map(&closed[first_dirty..])?;
+        let limit_bytes = decompressed_bytes_max(cfg.max_message_bytes);
+        let (map, mapped) = self.build_map(&closed[first_dirty..], limit_bytes)?;
         if mapped == 0 && first_dirty < closed.len() {
             warn!(topic = %self.topic, partition = self.id.0, "the cleaner's key map cannot hold one segment; raise cleaner_map_bytes_max");
             if !tombstones_due {
@@ -341,8 +361,10 @@ impl Partition {
     }
 
     /// Maps `hash(key) -> latest offset` over whole segments from the start of `dirty`,
-    /// within the byte budget. Returns the map and how many segments it covers.
-    fn build_map(&self, dirty: &[Closed]) -> Result<(KeyMap, usize)> {
+    /// within the byte budget. Returns the map and how many segments it covers. Batches
+    /// that do not decompress within `limit_bytes` are not mapped (the rewrite keeps
+    /// them whole, and warns).
+    fn build_map(&self, dirty: &[Closed], limit_bytes: usize) -> Result<(KeyMap, usize)> {
         let entries_max = (self.env.cleaner_map_bytes_max / CLEANER_MAP_ENTRY_BYTES).max(1);
         let codec = self.env.codec.as_deref();
         let mut map = KeyMap::new();
@@ -354,7 +376,7 @@ impl Partition {
             let mut full = false;
             let path = segment::log_path(&self.dir, seg.base);
             for_each_batch(&*seg.file, &path, seg.size, |bytes, header| {
-                let Some(records) = records_of(header, bytes, codec) else {
+                let Ok(Some(records)) = records_of(header, bytes, codec, limit_bytes) else {
                     return Ok(());
                 };
                 let base = header.base_offset().0;
@@ -396,21 +418,27 @@ impl Partition {
         let mut out: Option<Arc<dyn StorageFile>> = None;
         let mut stats = SegmentStats::empty(seg.base);
         let mut removed = 0u64;
+        let limit_bytes = decompressed_bytes_max(cfg.max_message_bytes);
+        let mut unreadable = Unreadable::default();
         let written = for_each_batch(&*seg.file, &path, seg.size, |bytes, header| {
             let horizon = header
                 .max_timestamp()
                 .saturating_add(cfg.delete_retention_ms.min(i64::MAX as u64) as i64);
-            let (new_bytes, dropped, keeps_tombstone) =
-                match compact_batch(header, bytes, map, codec, horizon <= now) {
-                    Kept::Whole { tombstone } => {
-                        (Some(std::borrow::Cow::Borrowed(bytes)), 0, tombstone)
-                    }
-                    Kept::Rewritten {
-                        bytes,
-                        dropped,
-                        tombstone,
-                    } => (bytes.map(std::borrow::Cow::Owned), dropped, tombstone),
-                };
+            let kept = compact_batch(header, bytes, map, codec, limit_bytes, horizon <= now);
+            let (new_bytes, dropped, keeps_tombstone) = match kept {
+                Kept::Whole { tombstone } => {
+                    (Some(std::borrow::Cow::Borrowed(bytes)), 0, tombstone)
+                }
+                Kept::Unreadable(error) => {
+                    unreadable.note(header.base_offset(), error);
+                    (Some(std::borrow::Cow::Borrowed(bytes)), 0, false)
+                }
+                Kept::Rewritten {
+                    bytes,
+                    dropped,
+                    tombstone,
+                } => (bytes.map(std::borrow::Cow::Owned), dropped, tombstone),
+            };
             if keeps_tombstone {
                 *due = Some(due.map_or(horizon, |d| d.min(horizon)));
             }
@@ -434,6 +462,17 @@ impl Partition {
             }
             Ok(())
         });
+        if let Some((offset, error)) = &unreadable.first {
+            warn!(
+                topic = %self.topic,
+                partition = self.id.0,
+                segment = seg.base.0,
+                batches = unreadable.count,
+                first_offset = offset.0,
+                %error,
+                "batches that cannot be decompressed within the limit are kept whole, not compacted"
+            );
+        }
         if let Err(e) = written {
             if out.is_some() {
                 let _ = storage.remove_file(&cleaned_path);
@@ -520,11 +559,31 @@ fn copy_prefix(from: &dyn StorageFile, to: &dyn StorageFile, len: u64) -> std::i
     Ok(())
 }
 
+/// The batches of one segment that the codec could not decompress within the limit, for
+/// one warning per segment rather than one per batch.
+#[derive(Default)]
+struct Unreadable {
+    /// How many there were.
+    count: u64,
+    /// The first one's base offset and why it could not be read.
+    first: Option<(Offset, CodecError)>,
+}
+
+impl Unreadable {
+    fn note(&mut self, base: Offset, error: CodecError) {
+        self.count += 1;
+        self.first.get_or_insert((base, error));
+    }
+}
+
 /// What compaction keeps of one batch.
 enum Kept {
-    /// The batch unchanged (nothing to drop, or the log cannot look inside); whether it
-    /// holds a tombstone, which expires later.
+    /// The batch unchanged (nothing to drop, or the log does not look inside); whether
+    /// it holds a tombstone, which expires later.
     Whole { tombstone: bool },
+    /// The batch unchanged because the codec failed on it or its records would pass the
+    /// decompression limit: kept as it is, never dropped.
+    Unreadable(CodecError),
     /// Some records dropped: the rewritten batch (`None` if no record is left).
     Rewritten {
         bytes: Option<Vec<u8>>,
@@ -535,17 +594,21 @@ enum Kept {
 }
 
 /// Applies the keep rule to one batch: a record stays if it has a key, no later offset
-/// in `map` holds that key, and it is not a tombstone past its horizon.
+/// in `map` holds that key, and it is not a tombstone past its horizon. Records are
+/// decompressed up to `limit_bytes`.
 fn compact_batch(
     header: &BatchHeader<'_>,
     bytes: &[u8],
     map: &KeyMap,
     codec: Option<&dyn BatchCodec>,
+    limit_bytes: usize,
     tombstones_expired: bool,
 ) -> Kept {
     let whole = Kept::Whole { tombstone: false };
-    let Some(records) = records_of(header, bytes, codec) else {
-        return whole;
+    let records = match records_of(header, bytes, codec, limit_bytes) {
+        Ok(Some(records)) => records,
+        Ok(None) => return whole,
+        Err(e) => return Kept::Unreadable(e),
     };
     let base = header.base_offset().0;
     let mut kept = Vec::with_capacity(records.len());

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use common::Sim;
 use proptest::prelude::*;
 use runnel_log::batch::{BatchHeader, HEADER_BYTES, KeyValue, build_batch, seal_crc};
+use runnel_log::codec::decompressed_bytes_max;
 use runnel_log::records::walk_records;
 use runnel_log::recovery::RecoveryEvent;
 use runnel_log::sim::CrashMode;
@@ -20,32 +21,56 @@ use runnel_log::{
 
 /// Codec 1 for tests: a reversible transform with a marker, so a test can tell that the
 /// cleaner decompressed and recompressed rather than copied bytes it could not read.
+///
+/// Codec 2 is codec 1 plus the decompressed length, as a big-endian `u64` after the
+/// marker, which a test may set larger than the records: the codec then says
+/// [`CodecError::TooLarge`] for any limit below it, as a real codec says for a
+/// decompression bomb, without the test building one.
 #[derive(Debug)]
 struct XorCodec;
 
 const MARK: &[u8] = b"XOR";
 
 impl BatchCodec for XorCodec {
-    fn decompress(&self, codec: u8, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
-        let body = payload
-            .strip_prefix(MARK)
-            .filter(|_| codec == 1)
-            .ok_or_else(|| CodecError {
-                codec,
-                reason: "not codec 1 data".into(),
-            })?;
+    fn decompress(
+        &self,
+        codec: u8,
+        payload: &[u8],
+        limit_bytes: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        let invalid = || CodecError::Invalid {
+            codec,
+            reason: "not codec 1 or 2 data".into(),
+        };
+        let body = payload.strip_prefix(MARK).ok_or_else(invalid)?;
+        let (claimed, body) = match codec {
+            1 => (body.len() as u64, body),
+            2 => {
+                let (len, body) = body.split_first_chunk::<8>().ok_or_else(invalid)?;
+                (u64::from_be_bytes(*len), body)
+            }
+            _ => return Err(invalid()),
+        };
+        if claimed > limit_bytes as u64 {
+            return Err(CodecError::TooLarge { codec, limit_bytes });
+        }
         Ok(body.iter().map(|b| b ^ 0x5a).collect())
     }
     fn compress(&self, codec: u8, records: &[u8]) -> Result<Vec<u8>, CodecError> {
-        if codec != 1 {
-            return Err(CodecError {
-                codec,
-                reason: "unknown codec".into(),
-            });
-        }
+        let claimed = match codec {
+            1 => Vec::new(),
+            2 => (records.len() as u64).to_be_bytes().to_vec(),
+            _ => {
+                return Err(CodecError::Invalid {
+                    codec,
+                    reason: "unknown codec".into(),
+                });
+            }
+        };
         Ok(MARK
             .iter()
             .copied()
+            .chain(claimed)
             .chain(records.iter().map(|b| b ^ 0x5a))
             .collect())
     }
@@ -59,17 +84,24 @@ fn kv_batch(records: &[Kv], ts: i64, codec: u8) -> Vec<u8> {
         .iter()
         .map(|(k, v)| (k.as_deref(), v.as_deref()))
         .collect();
-    let mut b = build_batch(&kvs, ts);
-    if codec != 0 {
-        let payload = XorCodec.compress(codec, &b[HEADER_BYTES..]).unwrap();
-        b.truncate(HEADER_BYTES);
-        b.extend_from_slice(&payload);
-        let length = (b.len() - 12) as i32;
-        b[8..12].copy_from_slice(&length.to_be_bytes());
-        let attributes = i16::from_be_bytes([b[21], b[22]]) | i16::from(codec);
-        b[21..23].copy_from_slice(&attributes.to_be_bytes());
-        seal_crc(&mut b);
+    let b = build_batch(&kvs, ts);
+    if codec == 0 {
+        return b;
     }
+    let payload = XorCodec.compress(codec, &b[HEADER_BYTES..]).unwrap();
+    with_payload(b, codec, &payload)
+}
+
+/// `batch` with its records section replaced by `payload`, marked as compressed with
+/// `codec`, with its length and CRC made right.
+fn with_payload(mut b: Vec<u8>, codec: u8, payload: &[u8]) -> Vec<u8> {
+    b.truncate(HEADER_BYTES);
+    b.extend_from_slice(payload);
+    let length = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&length.to_be_bytes());
+    let attributes = i16::from_be_bytes([b[21], b[22]]) | i16::from(codec);
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    seal_crc(&mut b);
     b
 }
 
@@ -113,7 +145,10 @@ fn read_records(p: &Partition) -> Result<Vec<Rec>, LogError> {
             }
             let payload = match h.compression() {
                 0 => batch[HEADER_BYTES..].to_vec(),
-                c => XorCodec.decompress(c, &batch[HEADER_BYTES..]).unwrap(),
+                // The test codec allocates only the records, whatever it claims.
+                c => XorCodec
+                    .decompress(c, &batch[HEADER_BYTES..], usize::MAX)
+                    .unwrap(),
             };
             let base = h.base_offset().0;
             walk_records(&payload, h.record_count() as u32, |r| {
@@ -358,6 +393,78 @@ fn without_a_codec_compressed_batches_are_kept_whole() {
     let after = read_records(&p).unwrap();
     assert_eq!(latest_by_key(&after), latest_by_key(&before));
     assert!(after.iter().any(|r| r.codec == 0));
+}
+
+/// The stored batch that holds `offset`, byte for byte.
+fn stored_batch(p: &Partition, offset: u64) -> Vec<u8> {
+    let bytes = p.read(Offset(offset), 1).unwrap().bytes;
+    let total = BatchHeader::parse(&bytes).unwrap().total_bytes() as usize;
+    bytes[..total].to_vec()
+}
+
+/// Issue 11 (decompression bombs): a batch whose records would decompress past the
+/// topic's limit, or do not decompress at all, is kept by the cleaner exactly as it is,
+/// never dropped, and a later pass does not try it again and again; a batch just within
+/// the limit is compacted as usual.
+#[test]
+fn batches_past_the_decompression_limit_or_undecodable_are_kept_unchanged() {
+    let sim = Sim::new(compacted(1000));
+    let log = open(&sim, true, 1 << 20);
+    log.create_topic("t", 1, &BTreeMap::new()).unwrap();
+    let p = part(&log);
+    let limit = decompressed_bytes_max(log.topic("t").unwrap().config().max_message_bytes);
+    let claiming = |records: &[Kv], claimed: usize| {
+        let plain = kv_batch(records, 0, 0);
+        let mut payload = XorCodec.compress(2, &plain[HEADER_BYTES..]).unwrap();
+        payload[MARK.len()..MARK.len() + 8].copy_from_slice(&(claimed as u64).to_be_bytes());
+        with_payload(plain, 2, &payload)
+    };
+    // Offsets 0-1: a "bomb" one byte past the limit; 2-3: a batch exactly at it; 4-5:
+    // codec 1 bytes without the codec's marker, which do not decode.
+    p.append(&claiming(
+        &[kv("a", Some("old")), kv("b", Some("old"))],
+        limit + 1,
+    ))
+    .unwrap();
+    p.append(&claiming(
+        &[kv("a", Some("old")), kv("c", Some("old"))],
+        limit,
+    ))
+    .unwrap();
+    let mut garbled = kv_batch(&[kv("a", Some("old")), kv("d", Some("old"))], 0, 1);
+    garbled[HEADER_BYTES] ^= 0xff;
+    seal_crc(&mut garbled);
+    p.append(&garbled).unwrap();
+    // Newer values of every key, so each old record above is superseded; enough of
+    // them to close the segments holding the old ones.
+    for round in 0..20 {
+        let v = format!("new-{round}");
+        let recs: Vec<Kv> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| kv(k, Some(&v)))
+            .collect();
+        p.append(&kv_batch(&recs, 0, 0)).unwrap();
+    }
+    let kept = [stored_batch(&p, 0), stored_batch(&p, 4)];
+    assert!(
+        p.segment_count() > 2,
+        "the old batches are in closed segments"
+    );
+
+    let stats = p.clean().unwrap();
+    assert!(stats.segments_rewritten > 0 && stats.records_removed > 0);
+    assert_eq!(
+        [stored_batch(&p, 0), stored_batch(&p, 4)],
+        kept,
+        "kept byte for byte"
+    );
+    // A batch within the limit is compacted: both its records were superseded, so it
+    // is gone and a read at its offset starts at the next batch kept.
+    let next = stored_batch(&p, 2);
+    assert_eq!(BatchHeader::parse(&next).unwrap().base_offset(), Offset(4));
+    // The next pass has nothing to do: no endless retry of what it cannot read.
+    assert_eq!(p.clean().unwrap().segments_rewritten, 0);
+    assert_eq!(stored_batch(&p, 0), kept[0]);
 }
 
 #[test]

@@ -1,0 +1,200 @@
+//! Issue 11, decompression bombs, end to end: an in-process broker on port 0, raw
+//! Produce requests. A compressed batch whose records decompress past the topic's limit
+//! (`runnel_log::codec::decompressed_bytes_max` of its `max.message.bytes`) is refused
+//! with MESSAGE_TOO_LARGE, on compacted and deleting topics alike; records that do not
+//! decompress are CORRUPT_MESSAGE; nothing of either is stored; and the broker goes on
+//! serving, the same connection included.
+//!
+//! The bomb is 32 MiB of zeros in zstd (a few KiB on the wire) against a topic of
+//! `max.message.bytes=65536`, whose limit is the 8 MiB floor: four times over, so the
+//! broker decodes at most 8 MiB of it.
+
+mod common;
+
+use bytes::Bytes;
+use common::TestBroker;
+use common::raw::Client;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use runnel_core::records::KafkaCodecs;
+use runnel_log::BatchCodec;
+use runnel_log::batch::{HEADER_BYTES, build_batch, seal_crc};
+use runnel_log::codec::decompressed_bytes_max;
+
+const NONE: i16 = 0;
+const CORRUPT_MESSAGE: i16 = 2;
+const MESSAGE_TOO_LARGE: i16 = 10;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+
+const PRODUCE_V: i16 = 9;
+const FETCH_V: i16 = 12;
+const LIST_OFFSETS_V: i16 = 7;
+const CREATE_TOPICS_V: i16 = 7;
+
+/// Kafka's codec id for zstd.
+const ZSTD: u8 = 4;
+/// The topics' `max.message.bytes`: small, so a modest bomb is past the limit.
+const MAX_MESSAGE_BYTES: u32 = 64 << 10;
+/// What the bomb expands to.
+const BOMB_BYTES: usize = 32 << 20;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn create_topic(c: &mut Client, topic: &str, configs: &[(&str, &str)]) {
+    let mut t = CreatableTopic::default();
+    t.name = name(topic);
+    t.num_partitions = 1;
+    t.replication_factor = 1;
+    t.configs = configs
+        .iter()
+        .map(|(k, v)| {
+            let mut c = CreatableTopicConfig::default();
+            c.name = StrBytes::from_string((*k).to_string());
+            c.value = Some(StrBytes::from_string((*v).to_string()));
+            c
+        })
+        .collect();
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 5_000;
+    let r = c.call(&req, CREATE_TOPICS_V);
+    let code = r.topics[0].error_code;
+    assert!(code == NONE || code == TOPIC_ALREADY_EXISTS, "{r:?}");
+}
+
+/// Produces one batch to partition 0 of `topic` and returns the partition's answer.
+fn produce(c: &mut Client, topic: &str, batch: &[u8]) -> PartitionProduceResponse {
+    let mut p = PartitionProduceData::default();
+    p.index = 0;
+    p.records = Some(Bytes::copy_from_slice(batch));
+    let mut t = TopicProduceData::default();
+    t.name = name(topic);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 5_000;
+    req.topic_data = vec![t];
+    let r = c.call(&req, PRODUCE_V);
+    r.responses[0].partition_responses[0].clone()
+}
+
+/// The log end offset of partition 0 (ListOffsets, LATEST).
+fn log_end(c: &mut Client, topic: &str) -> i64 {
+    let mut p = ListOffsetsPartition::default();
+    p.partition_index = 0;
+    p.timestamp = -1;
+    let mut t = ListOffsetsTopic::default();
+    t.name = name(topic);
+    t.partitions = vec![p];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.topics = vec![t];
+    let r = c.call(&req, LIST_OFFSETS_V);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, NONE, "{r:?}");
+    p.offset
+}
+
+/// Every record value of partition 0 from offset 0, by a Fetch that does not wait.
+fn fetch_values(c: &mut Client, topic: &str) -> Vec<Vec<u8>> {
+    let mut p = FetchPartition::default();
+    p.partition = 0;
+    p.fetch_offset = 0;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = name(topic);
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 0;
+    req.min_bytes = 0;
+    req.max_bytes = 1 << 20;
+    req.topics = vec![t];
+    let r = c.call(&req, FETCH_V);
+    let data = &r.responses[0].partitions[0];
+    assert_eq!(data.error_code, NONE, "{r:?}");
+    let mut records = data.records.clone().expect("records are never null");
+    RecordBatchDecoder::decode_all(&mut records)
+        .expect("fetched batches decode")
+        .into_iter()
+        .flat_map(|set| set.records)
+        .map(|r| r.value.map(|v| v.to_vec()).unwrap_or_default())
+        .collect()
+}
+
+/// A one-record batch (key `k`) whose records section is replaced by `payload`, marked
+/// as zstd, with its length and CRC made right.
+fn zstd_batch(payload: &[u8]) -> Vec<u8> {
+    let mut b = build_batch(&[(Some(b"k"), Some(b"v"))], 0);
+    b.truncate(HEADER_BYTES);
+    b.extend_from_slice(payload);
+    let length = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&length.to_be_bytes());
+    let attributes = i16::from_be_bytes([b[21], b[22]]) | i16::from(ZSTD);
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    seal_crc(&mut b);
+    b
+}
+
+/// A well-formed zstd batch of `value` under key `k`, as a producer sends it.
+fn normal_batch(value: &[u8]) -> Vec<u8> {
+    let plain = build_batch(&[(Some(b"k"), Some(value))], 0);
+    zstd_batch(&KafkaCodecs.compress(ZSTD, &plain[HEADER_BYTES..]).unwrap())
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_and_the_broker_keeps_serving() {
+    let dir = common::TempDir::new("decompression");
+    let broker = TestBroker::start(&dir.0);
+    let mut c = Client::connect(&broker);
+    let max = MAX_MESSAGE_BYTES.to_string();
+    create_topic(
+        &mut c,
+        "compacted",
+        &[("cleanup.policy", "compact"), ("max.message.bytes", &max)],
+    );
+    create_topic(&mut c, "deleting", &[("max.message.bytes", &max)]);
+
+    let bomb = zstd_batch(&KafkaCodecs.compress(ZSTD, &vec![0u8; BOMB_BYTES]).unwrap());
+    assert!(
+        bomb.len() < MAX_MESSAGE_BYTES as usize,
+        "the bomb is within max.message.bytes on the wire: {} bytes",
+        bomb.len()
+    );
+    assert!(BOMB_BYTES > decompressed_bytes_max(MAX_MESSAGE_BYTES));
+    let garbage = zstd_batch(b"\x28\xb5\x2f\xfd not a zstd frame at all");
+
+    for topic in ["compacted", "deleting"] {
+        let refused = produce(&mut c, topic, &bomb);
+        assert_eq!(
+            refused.error_code, MESSAGE_TOO_LARGE,
+            "{topic}: {refused:?}"
+        );
+        let refused = produce(&mut c, topic, &garbage);
+        assert_eq!(refused.error_code, CORRUPT_MESSAGE, "{topic}: {refused:?}");
+        assert_eq!(log_end(&mut c, topic), 0, "{topic}: nothing was stored");
+
+        // The same connection is still served, and a normal compressed batch goes in.
+        let ok = produce(&mut c, topic, &normal_batch(b"after the bomb"));
+        assert_eq!(ok.error_code, NONE, "{topic}: {ok:?}");
+        assert_eq!(ok.base_offset, 0, "{topic}");
+        assert_eq!(
+            fetch_values(&mut c, topic),
+            vec![b"after the bomb".to_vec()]
+        );
+    }
+    // And so is a new connection.
+    let mut fresh = Client::connect(&broker);
+    assert_eq!(log_end(&mut fresh, "compacted"), 1);
+    broker.stop();
+}
