@@ -105,7 +105,7 @@ use crate::error::Error;
 use crate::rng::SplitMix64;
 use crate::transport::{
     BoxFuture, Delivery, GroupConsumer, MemberOptions, OutRecord, Reader, Record, Sent,
-    TopicPartition, TopicSpec, Transport, header_name,
+    TopicPartition, TopicSpec, Transport, UNREADABLE_HEADERS, header_name,
 };
 
 /// Records handed over per delivery, across partitions.
@@ -645,12 +645,23 @@ fn record_of(m: &BorrowedMessage<'_>, intake: &mut Intake) -> Record {
     let value = m.payload().map(|v| arena.push(v));
     header_places.clear();
     let mut headers = Vec::new();
-    if let Some(h) = m.headers() {
-        headers.reserve_exact(h.count());
-        for h in h.iter() {
-            header_places.push(h.value.map(|v| arena.push(v)));
-            headers.push((header_name(h.key), None));
+    // rdkafka's header access panics on a header name that is not UTF-8 (any producer
+    // can send one): that record must not take the member thread down, and with it
+    // every later record. It keeps a marker instead, and the runtime dead-letters it.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Some(h) = m.headers() {
+            headers.reserve_exact(h.count());
+            for h in h.iter() {
+                header_places.push(h.value.map(|v| arena.push(v)));
+                headers.push((header_name(h.key), None));
+            }
         }
+    }));
+    if read.is_err() {
+        headers.clear();
+        header_places.clear();
+        header_places.push(Some(arena.push(UNREADABLE_REASON.as_bytes())));
+        headers.push((header_name(UNREADABLE_HEADERS), None));
     }
     let piece = arena.take();
     for ((_, value), place) in headers.iter_mut().zip(header_places.drain(..)) {
@@ -668,6 +679,9 @@ fn record_of(m: &BorrowedMessage<'_>, intake: &mut Intake) -> Record {
         headers,
     }
 }
+
+/// The value of [`UNREADABLE_HEADERS`] on a record whose headers could not be read.
+const UNREADABLE_REASON: &str = "a header name is not valid UTF-8";
 
 /// Whether librdkafka says the consumer cannot go on.
 fn is_fatal(e: &KafkaError) -> bool {

@@ -947,6 +947,17 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .clone();
         let generation = part.generation;
         let attempt = part.attempts.get(&offset).copied().unwrap_or(0) + 1;
+        if let Some(why) = record.header(crate::transport::UNREADABLE_HEADERS) {
+            let why = String::from_utf8_lossy(why).into_owned();
+            return self.on_outcome(Outcome {
+                tp,
+                offset,
+                generation,
+                result: OutcomeKind::Failed(HandlerError::permanent(format!(
+                    "the record's headers cannot be read: {why}"
+                ))),
+            });
+        }
         let Some(handler) = self.route(&record) else {
             debug!(%tp, offset, "skipping a record of a type this service does not handle");
             self.inst

@@ -88,11 +88,18 @@ pub struct Record {
 /// [`header_name`].
 pub type HeaderName = Cow<'static, str>;
 
+/// The header a transport puts on a record in place of headers it could not read (a
+/// header name that is not UTF-8: librdkafka's Rust binding cannot hand it over). Its
+/// value says why; the runtime dead-letters such a record at once, as one that does
+/// not decode.
+pub const UNREADABLE_HEADERS: &str = "runnel_unreadable_headers";
+
 /// `name` as a [`HeaderName`]: one of the toolkit's own names borrows its static,
 /// another is copied.
 #[must_use]
 pub fn header_name(name: &str) -> HeaderName {
-    const KNOWN: [&str; 19] = [
+    const KNOWN: [&str; 20] = [
+        UNREADABLE_HEADERS,
         headers::CE_ID,
         headers::CE_TYPE,
         headers::CE_SOURCE,

@@ -606,3 +606,74 @@ async fn the_notifications_service_restores_its_table_joins_and_emits_over_kafka
         .sum();
     assert_eq!(committed, 1);
 }
+
+async fn count_order(_o: OrderCreated) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_dead_lettered_not_a_dead_consumer() {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let broker = TestBroker::start("badheader");
+    let kafka = broker.kafka();
+    kafka.ensure_topics(&[topic("orders", 1)]).await.unwrap();
+    // kcat hands the header's bytes over as given: a name that is not UTF-8, which
+    // rdkafka's header access panics on.
+    let mut kcat = std::process::Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            &broker.addr.to_string(),
+            "-t",
+            "orders",
+            "-p",
+            "0",
+        ])
+        .arg("-H")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe=v"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (scripts/test installs it)");
+    kcat.stdin.take().unwrap().write_all(b"not json\n").unwrap();
+    assert!(kcat.wait().unwrap().success());
+    let trace = runnel_services::TraceParent::new_root(&mut || 7);
+    kafka
+        .send(vec![runnel_services::event_record(
+            &OrderCreated {
+                order: "o1".into(),
+                customer: "c1".into(),
+            },
+            "good",
+            "test",
+            &trace,
+        )])
+        .await
+        .unwrap();
+
+    let rt = Runtime::new(kafka.clone())
+        .state_dir(broker.dir.0.join("state"))
+        .session_timeout(Duration::from_secs(6));
+    let h = rt
+        .start(
+            Service::new("orders-seen").on::<OrderCreated, _>(count_order),
+            "0",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while h.metrics().handled < 1 || h.metrics().dead_lettered < 1 {
+        assert!(Instant::now() < deadline, "{:?}", h.metrics());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = read_n(
+        &kafka,
+        vec![(TopicPartition::new("orders-seen.dlq", 0), 0)],
+        1,
+    )
+    .await;
+    assert_eq!(dead[0].value.as_deref(), Some(&b"not json"[..]));
+    let error = String::from_utf8_lossy(dead[0].header("runnel_dlq_error").unwrap()).into_owned();
+    assert!(error.contains("not valid UTF-8"), "{error}");
+    h.stop().await.unwrap();
+}
