@@ -15,6 +15,14 @@
 //! costs CPU, not memory. It keeps decompression bombs out of every log, not only the
 //! compacted ones the cleaner reads: readers that look inside (ListOffsets by time, the
 //! HTTP API, the embedded transport) would otherwise stop at such a batch for good.
+//!
+//! A topic whose `compression.type` names a codec stores every batch in it: a batch in
+//! another codec is re-compressed before it is appended ([`prepare_for_topic`], as
+//! Kafka's `LogValidator` does), within the same decompression limit, which then also
+//! serves as the check above. Its producer fields and record count do not change, so
+//! idempotent sequences are checked on the re-compressed batch as on the original.
+
+use std::borrow::Cow;
 
 use runnel_log::batch::{BatchHeader, HEADER_BYTES, MAGIC_V2};
 use runnel_log::codec::decompressed_bytes_max;
@@ -141,20 +149,55 @@ pub fn check_compressed_records(
     Ok(())
 }
 
-/// Checks and appends one partition's batch. `max_message_bytes` is the topic's
-/// `max.message.bytes` (for [`check_compressed_records`]). `state` is the partition's
-/// producer state for an idempotent batch, `None` otherwise. The ticket waits for
-/// durability.
+/// The batch as a topic stores it. `max_message_bytes` is the topic's
+/// `max.message.bytes`; `codec` the codec its `compression.type` names (`None` for
+/// `producer`: the batch's own).
+///
+/// A batch already in that codec is checked ([`check_compressed_records`]) and kept. A
+/// batch in another codec is validated as the log would (size, counts, CRC: a damaged
+/// batch is refused, never sealed anew), then re-compressed
+/// ([`crate::encode::recompress_batch`]), decompressing to at most
+/// [`decompressed_bytes_max`]`(max_message_bytes)`. The log checks the result against
+/// `max.message.bytes` again, as Kafka does after re-compressing (a batch may grow).
+/// Batches whose header cannot be read are kept ([`check_produce_rules`] refuses them).
+pub fn prepare_for_topic(
+    records: &[u8],
+    max_message_bytes: u32,
+    codec: Option<u8>,
+) -> Result<Cow<'_, [u8]>, ProduceError> {
+    let from = BatchHeader::parse(records).map(|h| h.compression());
+    match (from, codec) {
+        (Ok(from), Some(to)) if from != to => {
+            runnel_log::batch::validate(records, max_message_bytes).map_err(LogError::Batch)?;
+            let limit = decompressed_bytes_max(max_message_bytes);
+            crate::encode::recompress_batch(records, to, limit)
+                .map(Cow::Owned)
+                .map_err(ProduceError::Decompression)
+        }
+        _ => {
+            check_compressed_records(records, max_message_bytes)?;
+            Ok(Cow::Borrowed(records))
+        }
+    }
+}
+
+/// Checks and appends one partition's batch. `max_message_bytes` and `codec` are the
+/// topic's `max.message.bytes` and `compression.type` (for [`prepare_for_topic`]).
+/// `state` is the partition's producer state for an idempotent batch, `None` otherwise.
+/// The ticket waits for durability.
 pub(crate) fn append_checked(
     partition: &Partition,
     records: &[u8],
     produce_version: i16,
     max_message_bytes: u32,
+    codec: Option<u8>,
     state: Option<SharedProducers>,
 ) -> Result<AppendTicket, ProduceError> {
     check_produce_rules(records, produce_version)?;
-    // Before the producer lock: decompressing takes time, and holds nothing.
-    check_compressed_records(records, max_message_bytes)?;
+    // Before the producer lock: decompressing and compressing take time, and hold
+    // nothing.
+    let stored = prepare_for_topic(records, max_message_bytes, codec)?;
+    let records = &*stored;
     let Some(state) = state else {
         return Ok(partition.append_deferred(records)?.into_ticket());
     };

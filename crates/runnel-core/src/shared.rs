@@ -117,9 +117,11 @@ impl Core {
 
     /// Appends a batch as a client sent it, with every produce rule: not to an internal
     /// topic, Kafka's header rules for `produce_version`, and idempotent sequences (a
-    /// retry of one of a producer's last batches gets its original offsets). Blocks for
-    /// the write, not for durability: wait with `Partition::wait_durable` on the ticket.
-    /// Counts the batch's bytes and records in.
+    /// retry of one of a producer's last batches gets its original offsets). A batch in
+    /// another codec than the one the topic's `compression.type` names is stored
+    /// re-compressed ([`crate::produce::prepare_for_topic`]). Blocks for the write, not
+    /// for durability: wait with `Partition::wait_durable` on the ticket. Counts the
+    /// batch's bytes (as sent) and records in.
     pub fn append(
         &self,
         partition: &Arc<Partition>,
@@ -134,13 +136,21 @@ impl Core {
         let idempotent = BatchHeader::parse(batch).is_ok_and(|h| h.producer_id() >= 0);
         let state = idempotent.then(|| self.producers.for_partition(partition));
         // A deleted topic has no settings; the append refuses it anyway.
-        let max_message_bytes = self
-            .log
-            .topic(partition.topic())
-            .map_or(runnel_log::config::MAX_MESSAGE_BYTES_DEFAULT, |t| {
-                t.config().max_message_bytes
-            });
-        let ticket = append_checked(partition, batch, produce_version, max_message_bytes, state)?;
+        let (max_message_bytes, codec) = self.log.topic(partition.topic()).map_or(
+            (runnel_log::config::MAX_MESSAGE_BYTES_DEFAULT, None),
+            |t| {
+                let c = t.config();
+                (c.max_message_bytes, c.compression_type.codec())
+            },
+        );
+        let ticket = append_checked(
+            partition,
+            batch,
+            produce_version,
+            max_message_bytes,
+            codec,
+            state,
+        )?;
         let counters = self.topic_metrics.topic(partition.topic());
         counters
             .bytes_in

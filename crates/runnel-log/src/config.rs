@@ -146,6 +146,74 @@ impl FromStr for CleanupPolicy {
     }
 }
 
+/// `compression.type`: the codec a topic stores batches in (Kafka's topic setting).
+///
+/// The log itself never compresses: the append path of the embedder (runnel-core)
+/// re-compresses a batch whose codec differs from the topic's before it reaches
+/// [`crate::Partition`]. Here it is a setting like any other, named by codec id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CompressionType {
+    /// Keep the codec the producer chose (Kafka's default).
+    #[default]
+    Producer,
+    /// Store the records uncompressed.
+    Uncompressed,
+    /// gzip (codec 1).
+    Gzip,
+    /// snappy (codec 2).
+    Snappy,
+    /// lz4 (codec 3).
+    Lz4,
+    /// zstd (codec 4).
+    Zstd,
+}
+
+impl CompressionType {
+    /// The codec id batches are stored with (batch attributes bits 0-2: 0 none, 1 gzip,
+    /// 2 snappy, 3 lz4, 4 zstd), or `None` for [`CompressionType::Producer`]: whatever
+    /// the batch has.
+    #[must_use]
+    pub fn codec(self) -> Option<u8> {
+        match self {
+            CompressionType::Producer => None,
+            CompressionType::Uncompressed => Some(0),
+            CompressionType::Gzip => Some(1),
+            CompressionType::Snappy => Some(2),
+            CompressionType::Lz4 => Some(3),
+            CompressionType::Zstd => Some(4),
+        }
+    }
+}
+
+impl fmt::Display for CompressionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CompressionType::Producer => "producer",
+            CompressionType::Uncompressed => "uncompressed",
+            CompressionType::Gzip => "gzip",
+            CompressionType::Snappy => "snappy",
+            CompressionType::Lz4 => "lz4",
+            CompressionType::Zstd => "zstd",
+        })
+    }
+}
+
+impl FromStr for CompressionType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        // Kafka's values, lower case as Kafka's validator wants them.
+        match s.trim() {
+            "producer" => Ok(CompressionType::Producer),
+            "uncompressed" => Ok(CompressionType::Uncompressed),
+            "gzip" => Ok(CompressionType::Gzip),
+            "snappy" => Ok(CompressionType::Snappy),
+            "lz4" => Ok(CompressionType::Lz4),
+            "zstd" => Ok(CompressionType::Zstd),
+            _ => Err("expected producer, uncompressed, gzip, snappy, lz4 or zstd".into()),
+        }
+    }
+}
+
 /// Settings of one topic. Every field has a broker-wide default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -171,6 +239,9 @@ pub struct TopicConfig {
     /// `delete.retention.ms`: on a compacted topic, how long after its batch's max
     /// timestamp a tombstone (null value) is kept, so that consumers see the deletion.
     pub delete_retention_ms: u64,
+    /// `compression.type`: the codec batches are stored in; appends in another codec
+    /// are re-compressed (by the embedder's append path, not the log).
+    pub compression_type: CompressionType,
 }
 
 impl Default for TopicConfig {
@@ -185,6 +256,7 @@ impl Default for TopicConfig {
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             cleanup_policy: CleanupPolicy::Delete,
             delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
+            compression_type: CompressionType::Producer,
         }
     }
 }
@@ -192,6 +264,7 @@ impl Default for TopicConfig {
 /// The keys [`TopicConfig::set`] understands, in a stable order.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "compression.type",
     "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
@@ -263,6 +336,9 @@ impl TopicConfig {
             "delete.retention.ms" => {
                 self.delete_retention_ms = parse_in(key, value, 0, i64::MAX as u64)?;
             }
+            "compression.type" => {
+                self.compression_type = value.parse().map_err(|e: String| bad(key, value, e))?;
+            }
             _ => return Err(bad(key, value, "unknown topic config key")),
         }
         Ok(())
@@ -281,6 +357,7 @@ impl TopicConfig {
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
             "cleanup.policy" => self.cleanup_policy.to_string(),
             "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "compression.type" => self.compression_type.to_string(),
             _ => return None,
         })
     }
@@ -379,12 +456,46 @@ mod tests {
         c.set("cleanup.policy", "delete,compact").unwrap();
         c.set("runnel.durability", "never").unwrap();
         c.set("delete.retention.ms", "1000").unwrap();
+        c.set("compression.type", "zstd").unwrap();
         let mut d = TopicConfig::default();
         for (k, v) in c.entries() {
             d.set(k, &v).unwrap();
         }
         assert_eq!(c, d);
         assert_eq!(d.cleanup_policy, CleanupPolicy::CompactDelete);
+        assert_eq!(d.compression_type, CompressionType::Zstd);
+    }
+
+    #[test]
+    fn compression_type_takes_kafkas_values_and_names_the_rest() {
+        let mut c = TopicConfig::default();
+        assert_eq!(c.get("compression.type").as_deref(), Some("producer"));
+        let codecs = [
+            ("producer", None),
+            ("uncompressed", Some(0)),
+            ("gzip", Some(1)),
+            ("snappy", Some(2)),
+            ("lz4", Some(3)),
+            ("zstd", Some(4)),
+        ];
+        for (value, codec) in codecs {
+            c.set("compression.type", value).unwrap();
+            assert_eq!(c.compression_type.codec(), codec, "{value}");
+            assert_eq!(c.get("compression.type").as_deref(), Some(value));
+        }
+        for value in ["brotli", "none", "ZSTD", ""] {
+            let e = c.set("compression.type", value).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.value.as_str()),
+                ("compression.type", value)
+            );
+            assert!(e.to_string().contains("zstd"), "{e}");
+        }
+        assert_eq!(
+            c.compression_type,
+            CompressionType::Zstd,
+            "refusals change nothing"
+        );
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! Admin APIs: CreateTopics (19), DeleteTopics (20), DeleteRecords (21),
-//! DescribeConfigs (32) and CreatePartitions (37).
+//! DescribeConfigs (32), AlterConfigs (33) and CreatePartitions (37).
+//!
+//! A manual replica assignment (CreateTopics, CreatePartitions) is checked as Kafka's
+//! controller checks it, on a cluster of one broker: every partition's replicas must be
+//! exactly this node ([`NODE_ID`]), so the replication factor is 1 throughout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
@@ -17,9 +22,10 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, BrokerId, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use runnel_core::topics::{check_user_topic, is_internal};
@@ -27,6 +33,7 @@ use runnel_log::config::PARTITIONS_MAX;
 use runnel_log::{LogError, Offset, PartitionId, TopicConfig};
 
 use crate::broker::{Broker, str_bytes, topic_id, topic_name};
+use crate::config::NODE_ID;
 use crate::errors;
 
 /// DescribeConfigs resource types (Kafka's `ConfigResource.Type`).
@@ -52,29 +59,16 @@ impl Broker {
             let name = t.name.0.to_string();
             let mut r = CreatableTopicResult::default();
             r.name = topic_name(&name);
-            // kafkajs sends -1 for "the default" even at v3, so -1 means default always.
-            let partitions = if t.num_partitions == -1 {
-                self.config.default_partitions as i32
-            } else {
-                t.num_partitions
-            };
             let overrides = settings(t.configs.iter().map(|c| (&c.name, &c.value)));
-            let checked = self.check_new_topic(
-                &name,
-                partitions,
-                t.replication_factor,
-                !t.assignments.is_empty(),
-                &overrides,
-            );
-            let outcome = match checked {
+            let outcome = match self.check_new_topic(&t, &overrides) {
                 Err((e, msg)) => Err((e, msg)),
-                Ok(()) if req.validate_only => Ok(None),
-                Ok(()) => {
+                Ok(partitions) if req.validate_only => Ok(partitions),
+                Ok(partitions) => {
                     let log = self.log.clone();
                     let (n, o) = (name.clone(), overrides.clone());
                     self.blocking(move || log.create_topic(&n, partitions as u32, &o))
                         .await
-                        .map(Some)
+                        .map(|_| partitions)
                         .map_err(|e| (errors::log_error(&e), e.to_string()))
                 }
             };
@@ -85,7 +79,7 @@ impl Broker {
                     r.num_partitions = -1;
                     r.replication_factor = -1;
                 }
-                Ok(_) => {
+                Ok(partitions) => {
                     r.topic_id = topic_id(&self.cluster_id, &name);
                     r.num_partitions = partitions;
                     r.replication_factor = 1;
@@ -99,14 +93,15 @@ impl Broker {
         resp
     }
 
+    /// Checks a topic to create, in Kafka's order (name, existence, partitions and
+    /// replicas, settings); returns its partition count: the one asked for (-1 for the
+    /// default), or as many as a manual assignment lists.
     fn check_new_topic(
         &self,
-        name: &str,
-        partitions: i32,
-        replication: i16,
-        manual_assignment: bool,
+        t: &CreatableTopic,
         overrides: &BTreeMap<String, String>,
-    ) -> Result<(), (ResponseError, String)> {
+    ) -> Result<i32, (ResponseError, String)> {
+        let name = t.name.0.as_str();
         check_user_topic(name).map_err(|e| (errors::topic_rule_error(&e), e.to_string()))?;
         if self.log.topic(name).is_some() {
             return Err((
@@ -114,6 +109,15 @@ impl Broker {
                 format!("topic {name:?} already exists"),
             ));
         }
+        let partitions = if !t.assignments.is_empty() {
+            assigned_partitions(t)?
+        } else if t.num_partitions == -1 {
+            // kafkajs sends -1 for "the default" even at v3, so -1 means default always.
+            self.config.default_partitions as i32
+        } else {
+            t.num_partitions
+        };
+        let replication = t.replication_factor;
         if partitions < 1 || partitions as u32 > PARTITIONS_MAX {
             return Err((
                 ResponseError::InvalidPartitions,
@@ -126,18 +130,12 @@ impl Broker {
                 format!("replication factor {replication} is larger than the number of brokers: 1"),
             ));
         }
-        if manual_assignment {
-            return Err((
-                ResponseError::InvalidReplicaAssignment,
-                "manual replica assignment is not supported on a single node".into(),
-            ));
-        }
         let mut c = self.log.config().topic_defaults.clone();
         for (k, v) in overrides {
             c.set(k, v)
                 .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
         }
-        Ok(())
+        Ok(partitions)
     }
 
     fn creatable_configs(
@@ -420,7 +418,13 @@ impl Broker {
                     ResponseError::InvalidPartitions,
                     format!("at most {PARTITIONS_MAX} partitions"),
                 )),
-                Some(_) => Ok(()),
+                Some(topic) => match &t.assignments {
+                    None => Ok(()),
+                    Some(assignments) => {
+                        let added = t.count as usize - topic.partition_count() as usize;
+                        check_added_assignments(added, assignments.iter().map(|a| &a.broker_ids))
+                    }
+                },
             };
             let outcome = match check {
                 Err(e) => Err(e),
@@ -441,6 +445,84 @@ impl Broker {
         }
         resp
     }
+}
+
+/// The partition count of a topic created with a manual assignment, if Kafka would
+/// take the assignment: the counts beside it must be -1 (INVALID_REQUEST), partition
+/// indexes must be 0 to n-1, each once, and every replica list valid
+/// ([`check_replicas`]) (INVALID_REPLICA_ASSIGNMENT).
+fn assigned_partitions(t: &CreatableTopic) -> Result<i32, (ResponseError, String)> {
+    if t.replication_factor != -1 {
+        return Err((
+            ResponseError::InvalidRequest,
+            "a manual partition assignment was given, but the replication factor is not -1".into(),
+        ));
+    }
+    if t.num_partitions != -1 {
+        return Err((
+            ResponseError::InvalidRequest,
+            "a manual partition assignment was given, but the partition count is not -1".into(),
+        ));
+    }
+    let mut indexes = BTreeSet::new();
+    for a in &t.assignments {
+        if !indexes.insert(a.partition_index) {
+            return Err(bad_assignment(format!(
+                "partition {} is assigned more than once",
+                a.partition_index
+            )));
+        }
+        check_replicas(&a.broker_ids)?;
+    }
+    let n = indexes.len() as i32;
+    // n distinct indexes, in order: they are 0..n-1 exactly when the first and last are.
+    if indexes.first() != Some(&0) || indexes.last() != Some(&(n - 1)) {
+        return Err(bad_assignment(
+            "partition indexes must be 0 to n-1, each once".into(),
+        ));
+    }
+    Ok(n)
+}
+
+/// The assignment of partitions added by CreatePartitions, if Kafka would take it: one
+/// replica list per added partition, each valid ([`check_replicas`]).
+fn check_added_assignments<'a>(
+    added: usize,
+    assignments: impl ExactSizeIterator<Item = &'a Vec<BrokerId>>,
+) -> Result<(), (ResponseError, String)> {
+    if assignments.len() != added {
+        return Err(bad_assignment(format!(
+            "{added} partition(s) are added, but {} assignment(s) were given",
+            assignments.len()
+        )));
+    }
+    assignments.into_iter().try_for_each(|a| check_replicas(a))
+}
+
+/// One partition's replicas, as Kafka's controller checks them: not empty, every
+/// broker known (here, only [`NODE_ID`]), none twice. The replication factor of a
+/// valid list is then always 1, so every partition's agrees.
+fn check_replicas(brokers: &[BrokerId]) -> Result<(), (ResponseError, String)> {
+    let mut sorted: Vec<i32> = brokers.iter().map(|b| b.0).collect();
+    sorted.sort_unstable();
+    if sorted.is_empty() {
+        return Err(bad_assignment("an assignment lists no replicas".into()));
+    }
+    if let Some(other) = sorted.iter().find(|b| **b != NODE_ID) {
+        return Err(bad_assignment(format!(
+            "an assignment names broker {other}, but the only broker is {NODE_ID}"
+        )));
+    }
+    if sorted.len() > 1 {
+        return Err(bad_assignment(format!(
+            "an assignment names broker {NODE_ID} more than once"
+        )));
+    }
+    Ok(())
+}
+
+fn bad_assignment(message: String) -> (ResponseError, String) {
+    (ResponseError::InvalidReplicaAssignment, message)
 }
 
 /// Broker-level settings as DescribeConfigs shows them: the topic defaults, under
