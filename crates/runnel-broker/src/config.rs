@@ -27,6 +27,9 @@ pub const FRAME_READ_MS_MAX_DEFAULT: u32 = 30_000;
 /// Kafka's broker `fetch.max.bytes` (55 MiB there too): the most record bytes one Fetch
 /// response carries, whatever the request asks.
 pub const FETCH_BYTES_MAX_DEFAULT: usize = 57_671_680;
+/// Kafka's `offsets.retention.minutes` (7 days there too, since Kafka 2.0): a consumer
+/// group without members for this long is forgotten and its committed offsets deleted.
+pub const OFFSETS_RETENTION_MINUTES_DEFAULT: u32 = 10_080;
 /// The broker's node id, the same in Metadata, FindCoordinator and leader fields.
 pub const NODE_ID: i32 = 1;
 
@@ -79,6 +82,11 @@ pub struct BrokerConfig {
     pub group_session_timeout_ms_min: u32,
     /// Kafka's `group.max.session.timeout.ms`.
     pub group_session_timeout_ms_max: u32,
+    /// Kafka's `offsets.retention.minutes`: a group that has had no members for this
+    /// long (KIP-211: counted from when it became empty, or from its last commit when
+    /// it has only offsets) is forgotten and its committed offsets are deleted, so
+    /// groups do not pile up for ever. Default 10080 (7 days).
+    pub offsets_retention_minutes: u32,
 }
 
 impl Default for BrokerConfig {
@@ -101,6 +109,7 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             group_session_timeout_ms_min: 6_000,
             group_session_timeout_ms_max: 1_800_000,
+            offsets_retention_minutes: OFFSETS_RETENTION_MINUTES_DEFAULT,
         }
     }
 }
@@ -146,6 +155,7 @@ impl BrokerConfig {
         "group-initial-rebalance-delay-ms",
         "group-min-session-timeout-ms",
         "group-max-session-timeout-ms",
+        "offsets-retention-minutes",
     ];
 
     /// Sets one setting by name, checking its syntax.
@@ -199,6 +209,10 @@ impl BrokerConfig {
             }
             "group-min-session-timeout-ms" => self.group_session_timeout_ms_min = ms(number()?)?,
             "group-max-session-timeout-ms" => self.group_session_timeout_ms_max = ms(number()?)?,
+            "offsets-retention-minutes" => {
+                self.offsets_retention_minutes =
+                    u32::try_from(number()?).map_err(|_| bad(key, value, "too large"))?;
+            }
             _ => {
                 return Err(bad(
                     key,
@@ -268,6 +282,14 @@ impl BrokerConfig {
                 "must not exceed group-max-session-timeout-ms",
             ));
         }
+        // Kafka's range for `offsets.retention.minutes` (an int, at least 1).
+        if self.offsets_retention_minutes == 0 || self.offsets_retention_minutes > i32::MAX as u32 {
+            return Err(bad(
+                "offsets-retention-minutes",
+                &self.offsets_retention_minutes.to_string(),
+                "must be between 1 and 2147483647 (minutes)",
+            ));
+        }
         if let Some(a) = &self.advertise {
             parse_host_port(a).map_err(|reason| bad("advertise", a, reason))?;
         }
@@ -292,6 +314,7 @@ impl BrokerConfig {
             session_timeout_ms_min: self.group_session_timeout_ms_min as i32,
             session_timeout_ms_max: self.group_session_timeout_ms_max as i32,
             initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms as i32,
+            offsets_retention_ms: i64::from(self.offsets_retention_minutes) * 60_000,
             ..runnel_group::Config::default()
         }
     }
@@ -337,6 +360,7 @@ mod tests {
             ("group-initial-rebalance-delay-ms", "0"),
             ("group-min-session-timeout-ms", "1000"),
             ("group-max-session-timeout-ms", "60000"),
+            ("offsets-retention-minutes", "1440"),
         ] {
             c.set(k, v).unwrap();
         }
@@ -344,7 +368,12 @@ mod tests {
         assert_eq!(c.default_partitions, 4);
         assert!(!c.auto_create_topics);
         assert_eq!(c.advertise.as_deref(), Some("localhost:19092"));
-        assert_eq!(BrokerConfig::KEYS.len(), 17);
+        assert_eq!(BrokerConfig::KEYS.len(), 18);
+        assert_eq!(c.group_config().offsets_retention_ms, 86_400_000);
+        assert_eq!(
+            BrokerConfig::default().group_config().offsets_retention_ms,
+            runnel_group::OFFSETS_RETENTION_MS_DEFAULT
+        );
         assert_eq!(c.connections_per_ip_max, 5);
         assert_eq!(c.connection_idle_ms_max, 300);
         assert_eq!(c.frame_read_ms_max, 200);
@@ -375,6 +404,8 @@ mod tests {
             ("connection-idle-ms-max", "0"),
             ("frame-read-ms-max", "0"),
             ("fetch-bytes-max", "100"),
+            ("offsets-retention-minutes", "0"),
+            ("offsets-retention-minutes", "2147483648"),
         ] {
             let mut c = BrokerConfig::default();
             c.set(k, v).unwrap();

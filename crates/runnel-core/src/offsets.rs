@@ -60,42 +60,54 @@ pub type OffsetChange = ((String, i32), Option<Committed>);
 #[derive(Debug)]
 pub struct OffsetStore {
     log: Arc<Log>,
-    /// The offsets topic's partition once it exists. Holding this lock across append and
-    /// map update keeps the map in the log's order.
-    inner: Mutex<Inner>,
+    /// Writers, one at a time, and the offsets topic's partition once it exists. Held
+    /// across the append (and its fsync) and the map update, so the map follows the
+    /// log's order. Readers never take it: a slow disk stalls commits, not OffsetFetch.
+    writer: Mutex<Option<Arc<Partition>>>,
+    /// The committed offsets. Taken only briefly, never across I/O.
+    offsets: Mutex<BTreeMap<OffsetKey, Committed>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    partition: Option<Arc<Partition>>,
-    offsets: BTreeMap<OffsetKey, Committed>,
+/// Takes a lock even if a panic poisoned it: every critical section leaves the data
+/// whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl OffsetStore {
     /// Loads the offsets topic, if it exists.
     pub fn open(log: Arc<Log>) -> Result<OffsetStore, LogError> {
-        let mut inner = Inner::default();
+        let mut offsets = BTreeMap::new();
+        let mut partition = None;
         if let Ok(p) = log.partition(OFFSETS_TOPIC, PartitionId(0)) {
-            inner.offsets = load(&p)?;
+            offsets = load(&p)?;
             info!(
-                commits = inner.offsets.len(),
+                commits = offsets.len(),
                 "loaded committed offsets from {OFFSETS_TOPIC}"
             );
-            inner.partition = Some(p);
+            partition = Some(p);
         }
         Ok(OffsetStore {
             log,
-            inner: Mutex::new(inner),
+            writer: Mutex::new(partition),
+            offsets: Mutex::new(offsets),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Persists `entries` for `group` (values, or `None` to delete), then applies them.
     /// Blocks until the batch is durable under the topic's policy.
     pub fn write(&self, group: &str, entries: &[OffsetChange]) -> Result<(), LogError> {
+        self.write_locked(&mut lock(&self.writer), group, entries)
+    }
+
+    /// [`OffsetStore::write`] with the writer's lock held, so a caller can decide what
+    /// to write and write it without a commit slipping in between.
+    fn write_locked(
+        &self,
+        writer: &mut Option<Arc<Partition>>,
+        group: &str,
+        entries: &[OffsetChange],
+    ) -> Result<(), LogError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -113,22 +125,22 @@ impl OffsetStore {
             .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
             .collect();
         let batch = build_batch(&kvs, crate::now_ms());
-        let mut inner = self.lock();
-        let partition = self.partition(&mut inner)?;
+        let partition = self.partition(writer)?;
         partition.append(&batch)?;
+        let mut offsets = lock(&self.offsets);
         for ((topic, partition), c) in entries {
             let key = (group.to_string(), topic.clone(), *partition);
             match c {
-                Some(c) => inner.offsets.insert(key, c.clone()),
-                None => inner.offsets.remove(&key),
+                Some(c) => offsets.insert(key, c.clone()),
+                None => offsets.remove(&key),
             };
         }
         Ok(())
     }
 
     /// The offsets topic's partition, created on first use.
-    fn partition(&self, inner: &mut Inner) -> Result<Arc<Partition>, LogError> {
-        if let Some(p) = &inner.partition {
+    fn partition(&self, writer: &mut Option<Arc<Partition>>) -> Result<Arc<Partition>, LogError> {
+        if let Some(p) = writer {
             return Ok(p.clone());
         }
         let overrides = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
@@ -138,7 +150,7 @@ impl OffsetStore {
             }
             Err(e) => return Err(e),
         };
-        inner.partition = Some(p.clone());
+        *writer = Some(p.clone());
         Ok(p)
     }
 
@@ -146,14 +158,13 @@ impl OffsetStore {
     #[must_use]
     pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
         let key = (group.to_string(), topic.to_string(), partition);
-        self.lock().offsets.get(&key).cloned()
+        lock(&self.offsets).get(&key).cloned()
     }
 
     /// Everything `group` committed, by topic and partition.
     #[must_use]
     pub fn group(&self, group: &str) -> BTreeMap<(String, i32), Committed> {
-        self.lock()
-            .offsets
+        lock(&self.offsets)
             .range(range_of(group))
             .map(|((_, t, p), c)| ((t.clone(), *p), c.clone()))
             .collect()
@@ -162,11 +173,45 @@ impl OffsetStore {
     /// Every group with at least one committed offset.
     #[must_use]
     pub fn groups(&self) -> BTreeSet<String> {
-        self.lock()
-            .offsets
+        lock(&self.offsets)
             .keys()
             .map(|(g, _, _)| g.clone())
             .collect()
+    }
+
+    /// When each group last committed (the latest `commit_ms` of its offsets): where
+    /// its retention clock starts after a restart, when nothing else is known of it.
+    #[must_use]
+    pub fn last_commit_ms(&self) -> BTreeMap<String, i64> {
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for ((g, _, _), c) in lock(&self.offsets).iter() {
+            let at = last.entry(g.clone()).or_insert(c.commit_ms);
+            *at = (*at).max(c.commit_ms);
+        }
+        last
+    }
+
+    /// Expires `group`'s offsets (`offsets.retention.minutes`): deletes, with
+    /// tombstones, those committed before `committed_before_ms`, so they stay gone
+    /// after a restart. Returns how many offsets the group still has: commits made
+    /// after the coordinator decided to forget it, which are kept.
+    ///
+    /// Choosing and deleting happen under the writer's lock, so a commit racing the expiry is
+    /// either older than the cut-off (and was allowed before the decision, which it
+    /// would have prevented) or newer, and kept.
+    pub fn expire_group(&self, group: &str, committed_before_ms: i64) -> Result<usize, LogError> {
+        let mut writer = lock(&self.writer);
+        let mut kept = 0;
+        let mut expired = Vec::new();
+        for ((_, t, p), c) in lock(&self.offsets).range(range_of(group)) {
+            if c.commit_ms < committed_before_ms {
+                expired.push(((t.clone(), *p), None));
+            } else {
+                kept += 1;
+            }
+        }
+        self.write_locked(&mut writer, group, &expired)?;
+        Ok(kept)
     }
 
     /// Deletes every offset of `group`.
@@ -178,7 +223,7 @@ impl OffsetStore {
     /// Deletes every group's offsets for `topic` (the topic was deleted).
     pub fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
         let mut by_group: BTreeMap<String, Vec<OffsetChange>> = BTreeMap::new();
-        for (g, t, p) in self.lock().offsets.keys() {
+        for (g, t, p) in lock(&self.offsets).keys() {
             if t == topic {
                 by_group
                     .entry(g.clone())

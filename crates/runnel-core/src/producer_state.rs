@@ -22,8 +22,13 @@
 //!
 //! At most [`PRODUCERS_PER_PARTITION_MAX`] producers and [`BATCHES_REMEMBERED`] batches
 //! each. A producer idle for `producer.id.expiration.ms`
-//! ([`PRODUCER_ID_EXPIRATION_MS_DEFAULT`]) is forgotten when the caller runs
-//! [`PartitionProducers::expire`].
+//! ([`PRODUCER_ID_EXPIRATION_MS_DEFAULT`]) is forgotten by the next
+//! [`PartitionProducers::record`] (least recently active first, so each record does
+//! work only for producers it forgets), or when the caller runs
+//! [`PartitionProducers::expire`]. Kafka removes them on a timer
+//! (`producer.id.expiration.check.interval.ms`); here a partition nobody appends to
+//! keeps its last producers until the next append, which bounds nothing less: its state
+//! cannot grow without appends.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -275,7 +280,7 @@ fn check_unknown(batch: &BatchSequence) -> SequenceCheck {
 }
 
 /// The idempotent producers of one partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PartitionProducers {
     /// Each producer's state, by producer id.
     producers: HashMap<i64, ProducerEntry>,
@@ -285,9 +290,35 @@ pub struct PartitionProducers {
     /// The next recency stamp. A counter rather than `now_ms`: a rebuild records a whole
     /// log with one `now_ms`, and the log's order is the order of use.
     next_recency: u64,
+    /// Kafka's `producer.id.expiration.ms`: [`PartitionProducers::record`] forgets
+    /// producers that have not appended for this long.
+    expiration_ms: i64,
+}
+
+impl Default for PartitionProducers {
+    fn default() -> Self {
+        PartitionProducers::with_expiration_ms(PRODUCER_ID_EXPIRATION_MS_DEFAULT)
+    }
 }
 
 impl PartitionProducers {
+    /// No producers yet; `record` forgets those idle for `expiration_ms` (Kafka's
+    /// `producer.id.expiration.ms`, [`PRODUCER_ID_EXPIRATION_MS_DEFAULT`] by default).
+    #[must_use]
+    pub fn with_expiration_ms(expiration_ms: i64) -> Self {
+        // Zero would forget the producer just recorded.
+        assert!(
+            expiration_ms > 0,
+            "expiration_ms {expiration_ms} must be positive"
+        );
+        PartitionProducers {
+            producers: HashMap::new(),
+            by_recency: BTreeMap::new(),
+            next_recency: 0,
+            expiration_ms,
+        }
+    }
+
     /// Decides what to do with a batch, changing nothing.
     #[must_use]
     pub fn check(&self, batch: &BatchSequence) -> SequenceCheck {
@@ -310,8 +341,8 @@ impl PartitionProducers {
     /// call [`SequenceError::InvalidSequence`], so a rebuild never trips on them. Does not
     /// check the sequence: on a rebuild the log is the truth, as in Kafka's replication
     /// path. A batch with a different epoch (in live traffic, a newer one) replaces the
-    /// producer's remembered batches. Beyond [`PRODUCERS_PER_PARTITION_MAX`] the least
-    /// recently recorded producer is forgotten.
+    /// producer's remembered batches. Producers idle for the expiration are forgotten,
+    /// and beyond [`PRODUCERS_PER_PARTITION_MAX`] the least recently recorded one.
     pub fn record(
         &mut self,
         batch: &BatchSequence,
@@ -346,7 +377,23 @@ impl PartitionProducers {
                 last_offset,
             },
         );
+        self.forget_idle(now_ms);
         self.evict_beyond_bound();
+    }
+
+    /// Forgets idle producers from the least recently active on, stopping at the first
+    /// that is not idle: O(1) per producer forgotten. Recency follows `now_ms` unless the
+    /// wall clock steps back, in which case a few idle producers wait for a later call
+    /// (or [`PartitionProducers::expire`]), never a live one forgotten.
+    fn forget_idle(&mut self, now_ms: i64) {
+        while let Some((&recency, &producer_id)) = self.by_recency.first_key_value() {
+            let entry = &self.producers[&producer_id];
+            if !entry.is_expired(now_ms, self.expiration_ms) {
+                break;
+            }
+            self.by_recency.remove(&recency);
+            self.producers.remove(&producer_id);
+        }
     }
 
     /// Forgets producers idle for `expiration_ms` or longer (Kafka's
@@ -391,10 +438,215 @@ impl PartitionProducers {
     }
 }
 
+/// Producer ids whose current epoch [`IssuedProducers`] remembers; beyond it the least
+/// recently used is forgotten (its holder's next bump gets a new id, which is safe).
+/// About 80 bytes each: a few MB at most.
+pub const ISSUED_PRODUCERS_MAX: usize = 100_000;
+
+const _: () = assert!(ISSUED_PRODUCERS_MAX > 0);
+
+/// What InitProducerId answers a producer that names its id and epoch (KIP-360).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BumpVerdict {
+    /// The caller holds the id's current epoch: it gets this one, the next.
+    Bumped(i16),
+    /// The id is not remembered (handed out before a restart, forgotten, or its epochs
+    /// are used up): give a new id with epoch 0, as Kafka answers every InitProducerId
+    /// without a transactional id.
+    NewId,
+    /// Not the id's current epoch: another instance holds the id (Kafka's fencing,
+    /// INVALID_PRODUCER_EPOCH).
+    Fenced,
+    /// The id was never handed out (UNKNOWN_PRODUCER_ID).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IssuedEntry {
+    epoch: i16,
+    /// The epoch before the last bump: a retry of that bump, whose answer was lost, gets
+    /// the same answer again (Kafka's `lastProducerEpoch`).
+    previous: Option<i16>,
+    last_used_ms: i64,
+    recency: u64,
+}
+
+/// The epochs of the producer ids InitProducerId handed out, so that only the holder of
+/// an id's current epoch can bump it. Without it any client could name any id: bump the
+/// epoch of a producer it does not own, fencing it, or take an id never handed out,
+/// which a later producer would then share.
+///
+/// Sans-IO: the caller says which ids were ever handed out (`ids_below`) and the time.
+/// Bounded by [`ISSUED_PRODUCERS_MAX`] and by `expiration_ms` of disuse; a forgotten id
+/// is answered with [`BumpVerdict::NewId`], never with a bump nobody can check.
+#[derive(Debug)]
+pub struct IssuedProducers {
+    by_id: HashMap<i64, IssuedEntry>,
+    /// Ids by recency stamp, least recently used first; holds exactly `by_id`'s keys.
+    by_recency: BTreeMap<u64, i64>,
+    next_recency: u64,
+    expiration_ms: i64,
+}
+
+impl Default for IssuedProducers {
+    fn default() -> Self {
+        IssuedProducers::with_expiration_ms(PRODUCER_ID_EXPIRATION_MS_DEFAULT)
+    }
+}
+
+impl IssuedProducers {
+    /// Nothing issued yet; ids unused for `expiration_ms` are forgotten.
+    #[must_use]
+    pub fn with_expiration_ms(expiration_ms: i64) -> Self {
+        assert!(
+            expiration_ms > 0,
+            "expiration_ms {expiration_ms} must be positive"
+        );
+        IssuedProducers {
+            by_id: HashMap::new(),
+            by_recency: BTreeMap::new(),
+            next_recency: 0,
+            expiration_ms,
+        }
+    }
+
+    /// Remembers a new id, handed out with epoch 0.
+    pub fn issued(&mut self, producer_id: i64, now_ms: i64) {
+        self.touch(producer_id, 0, None, now_ms);
+    }
+
+    /// KIP-360: the producer holding `producer_id` at `epoch` asks for the next epoch.
+    /// `ids_below` is the allocator's next id: no id at or above it was handed out.
+    pub fn bump(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        ids_below: i64,
+        now_ms: i64,
+    ) -> BumpVerdict {
+        self.forget_idle(now_ms);
+        if producer_id < 0 || producer_id >= ids_below {
+            return BumpVerdict::Unknown;
+        }
+        let Some(entry) = self.by_id.get(&producer_id).copied() else {
+            return BumpVerdict::NewId;
+        };
+        if entry.previous == Some(epoch) {
+            self.touch(producer_id, entry.epoch, entry.previous, now_ms);
+            return BumpVerdict::Bumped(entry.epoch);
+        }
+        if entry.epoch != epoch {
+            return BumpVerdict::Fenced;
+        }
+        // Epochs are i16 and the Java client moves to a new id before the last one.
+        if epoch >= i16::MAX - 1 {
+            self.forget(producer_id);
+            return BumpVerdict::NewId;
+        }
+        self.touch(producer_id, epoch + 1, Some(epoch), now_ms);
+        BumpVerdict::Bumped(epoch + 1)
+    }
+
+    /// How many ids are remembered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no id is remembered.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn touch(&mut self, producer_id: i64, epoch: i16, previous: Option<i16>, now_ms: i64) {
+        let recency = self.next_recency;
+        self.next_recency += 1;
+        let entry = IssuedEntry {
+            epoch,
+            previous,
+            last_used_ms: now_ms,
+            recency,
+        };
+        if let Some(old) = self.by_id.insert(producer_id, entry) {
+            self.by_recency.remove(&old.recency);
+        }
+        self.by_recency.insert(recency, producer_id);
+        while self.by_id.len() > ISSUED_PRODUCERS_MAX {
+            let (_, oldest) = self.by_recency.pop_first().expect("holds every id");
+            self.by_id.remove(&oldest);
+        }
+        assert_eq!(self.by_recency.len(), self.by_id.len());
+    }
+
+    fn forget(&mut self, producer_id: i64) {
+        if let Some(old) = self.by_id.remove(&producer_id) {
+            self.by_recency.remove(&old.recency);
+        }
+    }
+
+    fn forget_idle(&mut self, now_ms: i64) {
+        while let Some((&recency, &producer_id)) = self.by_recency.first_key_value() {
+            let idle_ms = now_ms.saturating_sub(self.by_id[&producer_id].last_used_ms);
+            if idle_ms < self.expiration_ms {
+                break;
+            }
+            self.by_recency.remove(&recency);
+            self.by_id.remove(&producer_id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 11: InitProducerId bumped the epoch of any id a client named.
+    #[test]
+    fn only_the_holder_of_an_ids_current_epoch_bumps_it() {
+        let mut issued = IssuedProducers::with_expiration_ms(10_000);
+        issued.issued(7, 0);
+        let below = 8;
+        assert_eq!(issued.bump(7, 0, below, 1), BumpVerdict::Bumped(1));
+        assert_eq!(issued.bump(7, 1, below, 2), BumpVerdict::Bumped(2));
+        // A retry of the last bump (its answer lost) gets the same answer.
+        assert_eq!(issued.bump(7, 1, below, 3), BumpVerdict::Bumped(2));
+        // An instance holding an older epoch, or a made-up one, is fenced.
+        assert_eq!(issued.bump(7, 0, below, 4), BumpVerdict::Fenced);
+        assert_eq!(issued.bump(7, 9, below, 4), BumpVerdict::Fenced);
+        // Ids never handed out are unknown.
+        assert_eq!(issued.bump(8, 0, below, 5), BumpVerdict::Unknown);
+        assert_eq!(issued.bump(-5, 0, below, 5), BumpVerdict::Unknown);
+        // Handed out but not remembered (before a restart): a new id, as Kafka answers.
+        assert_eq!(issued.bump(3, 0, below, 5), BumpVerdict::NewId);
+        // Unused for the expiration: forgotten.
+        assert_eq!(issued.bump(7, 2, below, 10_003), BumpVerdict::NewId);
+        assert!(issued.is_empty());
+        // The last epochs move to a new id.
+        issued.issued(1, 0);
+        let mut epoch = 0;
+        while let BumpVerdict::Bumped(next) = issued.bump(1, epoch, below, 0) {
+            epoch = next;
+        }
+        assert_eq!(epoch, i16::MAX - 1);
+    }
+
+    #[test]
+    fn issued_producers_stay_within_their_bound() {
+        let mut issued = IssuedProducers::default();
+        for id in 0..(ISSUED_PRODUCERS_MAX as i64 + 10) {
+            issued.issued(id, 0);
+        }
+        assert_eq!(issued.len(), ISSUED_PRODUCERS_MAX);
+        let below = ISSUED_PRODUCERS_MAX as i64 + 10;
+        assert_eq!(
+            issued.bump(0, 0, below, 0),
+            BumpVerdict::NewId,
+            "least recent went"
+        );
+        assert_eq!(issued.bump(below - 1, 0, below, 0), BumpVerdict::Bumped(1));
+    }
 
     fn batch(
         producer_id: i64,
@@ -620,6 +872,51 @@ mod tests {
         assert!(state.is_empty());
     }
 
+    /// Issue 11: idempotent-producer state never expired unless someone called
+    /// `expire`, and nothing did. `record` now forgets producers idle for
+    /// `producer.id.expiration.ms` (Kafka's `>=`).
+    #[test]
+    fn record_forgets_producers_idle_for_the_expiration() {
+        let mut state = PartitionProducers::with_expiration_ms(10_000);
+        state.record(&batch(1, 0, 0, 1), 0, 0, 1_000);
+        state.record(&batch(2, 0, 0, 1), 1, 1, 5_000);
+        state.record(&batch(3, 0, 0, 1), 2, 2, 10_999);
+        assert_eq!(state.len(), 3, "producer 1 is idle 9,999 ms: kept");
+        state.record(&batch(3, 0, 1, 1), 3, 3, 11_000);
+        assert_eq!(state.len(), 2, "producer 1 is idle 10,000 ms: forgotten");
+        let forgotten = SequenceCheck::Reject(SequenceError::UnknownProducerId { producer_id: 1 });
+        assert_eq!(state.check(&batch(1, 0, 1, 1)), forgotten);
+        assert_eq!(state.check(&batch(2, 0, 1, 1)), SequenceCheck::Append);
+        state.record(&batch(4, 0, 0, 1), 4, 4, 15_000);
+        assert_eq!(state.len(), 2, "producer 2 went at 15,000");
+        assert_eq!(state.check(&batch(3, 0, 2, 1)), SequenceCheck::Append);
+
+        // The default is Kafka's day.
+        let mut state = PartitionProducers::default();
+        state.record(&batch(1, 0, 0, 1), 0, 0, 0);
+        state.record(
+            &batch(2, 0, 0, 1),
+            1,
+            1,
+            PRODUCER_ID_EXPIRATION_MS_DEFAULT - 1,
+        );
+        assert_eq!(state.len(), 2);
+        state.record(&batch(2, 0, 1, 1), 2, 2, PRODUCER_ID_EXPIRATION_MS_DEFAULT);
+        assert_eq!(state.len(), 1);
+    }
+
+    /// A new producer per run, for ever: the state holds the producers of the last
+    /// expiration period, not every producer ever seen.
+    #[test]
+    fn producer_churn_does_not_grow_the_state() {
+        let mut state = PartitionProducers::with_expiration_ms(1_000);
+        for id in 0..50_000i64 {
+            state.record(&batch(id, 0, 0, 1), id as u64, id as u64, id * 10);
+            assert!(state.len() <= 100, "{} producers at {id}", state.len());
+        }
+        assert_eq!(state.len(), 100);
+    }
+
     #[test]
     fn memory_bound_evicts_least_recently_used() {
         let mut state = PartitionProducers::default();
@@ -648,6 +945,8 @@ mod tests {
     // --- Model-based test -----------------------------------------------------------
 
     const PRODUCERS: usize = 3;
+    /// Short enough that `Idle` ops make producers expire on their own within a run.
+    const MODEL_EXPIRATION_MS: i64 = 60;
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -839,10 +1138,12 @@ mod tests {
         }
         p.appended.push((*b, offsets.0, offsets.1));
         p.last_append_ms = now_ms;
+        // Every append forgets the producers idle for the expiration.
+        model.retain(|_, p| now_ms - p.last_append_ms < MODEL_EXPIRATION_MS);
     }
 
     fn run(starts: Vec<Option<i32>>, ops: Vec<Op>) -> Result<(), TestCaseError> {
-        let mut state = PartitionProducers::default();
+        let mut state = PartitionProducers::with_expiration_ms(MODEL_EXPIRATION_MS);
         let mut model = HashMap::new();
         let mut clients = vec![
             Client {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use runnel_log::Partition;
 use tracing::warn;
 
-use crate::producer_state::{BatchSequence, PartitionProducers};
+use crate::producer_state::{BatchSequence, BumpVerdict, IssuedProducers, PartitionProducers};
 
 /// Ids handed out per write of `producer-ids`.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -39,6 +39,8 @@ struct IdBlock {
 #[derive(Debug)]
 pub struct ProducerRegistry {
     ids: Mutex<IdBlock>,
+    /// The current epoch of each id handed out, so only its holder can bump it.
+    issued: Mutex<IssuedProducers>,
     partitions: Mutex<HashMap<(String, u32), SharedProducers>>,
 }
 
@@ -86,6 +88,7 @@ impl ProducerRegistry {
                 next: end,
                 end,
             }),
+            issued: Mutex::new(IssuedProducers::default()),
             partitions: Mutex::new(HashMap::new()),
         }
     }
@@ -100,7 +103,15 @@ impl ProducerRegistry {
         }
         let id = ids.next;
         ids.next += 1;
+        lock(&self.issued).issued(id, crate::now_ms());
         Ok(id)
+    }
+
+    /// KIP-360: the next epoch of `producer_id` for the producer holding `epoch`, or why
+    /// not (see [`BumpVerdict`]).
+    pub fn bump(&self, producer_id: i64, epoch: i16) -> BumpVerdict {
+        let ids_below = lock(&self.ids).next;
+        lock(&self.issued).bump(producer_id, epoch, ids_below, crate::now_ms())
     }
 
     /// The producer state of a partition, rebuilt from its recent batches on first use.

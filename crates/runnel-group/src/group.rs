@@ -133,10 +133,15 @@ pub(crate) struct Group {
     /// KIP-345: `group.instance.id` to the member id that holds it.
     statics: HashMap<String, String>,
     rebalance: Option<Rebalance>,
+    /// When the group last became Empty, or last had a commit allowed while Empty,
+    /// whichever is later: its retention clock (KIP-211). Meaningless while it has
+    /// members.
+    empty_since: Time,
 }
 
 impl Group {
-    pub(crate) fn new(id: &str) -> Group {
+    /// A new, Empty group; its retention clock starts at `now`.
+    pub(crate) fn new(id: &str, now: Time) -> Group {
         Group {
             id: id.to_string(),
             state: GroupState::Empty,
@@ -148,7 +153,15 @@ impl Group {
             pending: BTreeMap::new(),
             statics: HashMap::new(),
             rebalance: None,
+            empty_since: now,
         }
+    }
+
+    /// When the group is to be forgotten, if it stays as it is: `retention_ms` after it
+    /// became empty. `None` while it has members or outstanding KIP-394 ids.
+    pub(crate) fn expiry(&self, retention_ms: i64) -> Option<Time> {
+        (self.state == GroupState::Empty && self.is_empty())
+            .then(|| self.empty_since.plus_ms(retention_ms))
     }
 
     pub(crate) fn state(&self) -> GroupState {
@@ -459,6 +472,7 @@ impl Group {
         if self.members.is_empty() {
             self.generation += 1;
             self.state = GroupState::Empty;
+            self.empty_since = now;
             self.protocol_name = None;
             self.leader = None;
             return;
@@ -674,7 +688,9 @@ impl Group {
     /// Whether `r` may commit offsets now; a commit also counts as a heartbeat.
     pub(crate) fn commit_allowed(&mut self, now: Time, r: &MemberRef) -> Result<(), GroupError> {
         if r.generation_id < 0 && self.state == GroupState::Empty {
-            // assign()-style commits, outside any generation.
+            // assign()-style commits, outside any generation. Kafka expires such a
+            // consumer's offsets by commit time, so its commits keep the group.
+            self.empty_since = self.empty_since.max(now);
             return Ok(());
         }
         self.check_generation(r)?;

@@ -17,7 +17,10 @@
 //! - rebalance and session timeouts; parked joins complete early once every member has
 //!   rejoined;
 //! - protocol type and protocol name checks (INCONSISTENT_GROUP_PROTOCOL) and the
-//!   members' vote on the protocol.
+//!   members' vote on the protocol;
+//! - `offsets.retention.minutes` with KIP-211's clock: a group that has had no members
+//!   for [`Config::offsets_retention_ms`] is forgotten, and [`Coordinator::tick`] names
+//!   it so the caller deletes its committed offsets.
 //!
 //! ## Boundary
 //!
@@ -29,7 +32,9 @@
 //! ## Limits
 //!
 //! Groups are limited by [`Config::groups_max`], members (and KIP-394 ids outstanding)
-//! per group by [`Config::group_members_max`].
+//! per group by [`Config::group_members_max`]. Empty groups do not pile up: each is
+//! forgotten [`Config::offsets_retention_ms`] after it became empty or last had a
+//! commit allowed, whichever is later.
 
 mod group;
 mod types;
@@ -61,7 +66,14 @@ pub struct Config {
     pub group_members_max: usize,
     /// Groups the coordinator keeps, including empty ones.
     pub groups_max: usize,
+    /// Kafka's `offsets.retention.minutes`, in ms: a group that has had no members for
+    /// this long (KIP-211: counted from when it became empty, or from its last commit
+    /// if that is later) is forgotten, and its committed offsets with it.
+    pub offsets_retention_ms: i64,
 }
+
+/// Kafka's `offsets.retention.minutes` default (7 days, since Kafka 2.0), in ms.
+pub const OFFSETS_RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -72,6 +84,7 @@ impl Default for Config {
             new_member_join_timeout_ms: 300_000,
             group_members_max: 1_000,
             groups_max: 10_000,
+            offsets_retention_ms: OFFSETS_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -137,7 +150,7 @@ impl Coordinator {
             if !req.member_id.is_empty() {
                 return Err(GroupError::UnknownMemberId);
             }
-            self.create(&req.group_id)?;
+            self.create(&req.group_id, now)?;
         }
         let new_id = req.member_id.is_empty().then(|| {
             let prefix = req.group_instance_id.as_deref().unwrap_or(&req.client_id);
@@ -199,7 +212,10 @@ impl Coordinator {
 
     /// Whether a member (or, with a negative generation, anyone, if the group has no
     /// members) may commit offsets for the group now. Creates the group if it does not
-    /// exist and the commit is outside any generation, as Kafka does.
+    /// exist and the commit is outside any generation, as Kafka does. A commit allowed
+    /// to an empty group restarts its retention clock: Kafka expires a standalone
+    /// consumer's offsets by their commit time, so a consumer that keeps committing
+    /// keeps them.
     pub fn commit_allowed(&mut self, now: Time, r: &MemberRef) -> Result<(), GroupError> {
         if r.group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
@@ -208,19 +224,22 @@ impl Coordinator {
             if r.generation_id >= 0 {
                 return Err(GroupError::IllegalGeneration);
             }
-            self.create(&r.group_id)?;
+            self.create(&r.group_id, now)?;
         }
         self.group_mut(&r.group_id)?.commit_allowed(now, r)
     }
 
     /// Makes sure the group exists (Empty if new): for groups known only by their
-    /// committed offsets, after a restart.
-    pub fn ensure_group(&mut self, group_id: &str) -> Result<(), GroupError> {
+    /// committed offsets, after a restart. `last_commit` is when the group last
+    /// committed, on the caller's clock: a new group's retention counts from it, as
+    /// Kafka counts it for offsets without group metadata. An existing group is left
+    /// as it is.
+    pub fn ensure_group(&mut self, group_id: &str, last_commit: Time) -> Result<(), GroupError> {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
         if !self.groups.contains_key(group_id) {
-            self.create(group_id)?;
+            self.create(group_id, last_commit)?;
         }
         Ok(())
     }
@@ -276,19 +295,42 @@ impl Coordinator {
         all
     }
 
-    /// Expires members and KIP-394 ids, completes rebalances whose time has come.
-    pub fn tick(&mut self, now: Time, out: &mut Vec<Output>) {
+    /// Expires members and KIP-394 ids, completes rebalances whose time has come, and
+    /// forgets groups that have been empty for [`Config::offsets_retention_ms`].
+    ///
+    /// Returns the groups it forgot, sorted: the caller deletes their committed
+    /// offsets (Kafka's offset expiry, KIP-211). A forgotten group had no members and
+    /// no outstanding KIP-394 ids, so no parked request is left behind.
+    #[must_use = "the forgotten groups' committed offsets are the caller's to delete"]
+    pub fn tick(&mut self, now: Time, out: &mut Vec<Output>) -> Vec<String> {
         for g in self.groups.values_mut() {
             g.tick(now, &self.config, out);
         }
+        let retention_ms = self.config.offsets_retention_ms;
+        let mut expired: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.expiry(retention_ms).is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        expired.sort();
+        for id in &expired {
+            let g = self.groups.remove(id).expect("listed above");
+            assert!(g.is_empty(), "an expired group has no members");
+        }
+        expired
     }
 
     /// When [`Coordinator::tick`] next has work, if ever.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Time> {
+        let retention_ms = self.config.offsets_retention_ms;
         self.groups
             .values()
-            .filter_map(|g| g.next_deadline(&self.config))
+            .filter_map(|g| {
+                let work = g.next_deadline(&self.config);
+                work.into_iter().chain(g.expiry(retention_ms)).min()
+            })
             .min()
     }
 
@@ -301,12 +343,12 @@ impl Coordinator {
             .ok_or(GroupError::UnknownMemberId)
     }
 
-    fn create(&mut self, group_id: &str) -> Result<(), GroupError> {
+    fn create(&mut self, group_id: &str, now: Time) -> Result<(), GroupError> {
         if self.groups.len() >= self.config.groups_max {
             return Err(GroupError::CoordinatorNotAvailable);
         }
         self.groups
-            .insert(group_id.to_string(), Group::new(group_id));
+            .insert(group_id.to_string(), Group::new(group_id, now));
         Ok(())
     }
 

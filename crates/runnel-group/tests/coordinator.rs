@@ -17,19 +17,25 @@ struct Sim {
     now: Time,
     next: u64,
     answers: HashMap<ReplyTo, Output>,
+    /// Groups `tick` forgot, in order.
+    expired: Vec<String>,
 }
 
 impl Sim {
     fn new(initial_delay_ms: i32) -> Sim {
-        let config = Config {
+        Sim::with(Config {
             initial_rebalance_delay_ms: initial_delay_ms,
             ..Config::default()
-        };
+        })
+    }
+
+    fn with(config: Config) -> Sim {
         Sim {
             c: Coordinator::new(config, 7),
             now: Time(1_000_000),
             next: 0,
             answers: HashMap::new(),
+            expired: Vec::new(),
         }
     }
 
@@ -48,7 +54,8 @@ impl Sim {
     fn advance(&mut self, ms: u64) {
         self.now = Time(self.now.0 + ms);
         let mut out = Vec::new();
-        self.c.tick(self.now, &mut out);
+        let expired = self.c.tick(self.now, &mut out);
+        self.expired.extend(expired);
         self.collect(out);
     }
 
@@ -580,7 +587,7 @@ fn commits_follow_kafkas_rules() {
 fn delete_list_and_describe() {
     let mut s = Sim::new(0);
     let a = s.stable_one();
-    s.c.ensure_group("offsets-only").unwrap();
+    s.c.ensure_group("offsets-only", s.now).unwrap();
     assert_eq!(s.c.delete("g"), Err(GroupError::NonEmptyGroup));
     assert_eq!(s.c.delete("nope"), Err(GroupError::GroupIdNotFound));
     let listed: Vec<(String, GroupState)> =
@@ -710,4 +717,117 @@ fn kip_345_a_static_member_returning_while_the_leader_assigns_causes_a_rebalance
     let sa = s.sync(&a, 3, &[(&a, "x"), (&b2, "y")]);
     assert_eq!(s.synced(sa).unwrap().assignment, Bytes::from("x"));
     assert_eq!(s.c.describe("g").unwrap().state, GroupState::Stable);
+}
+
+// ---------------------------------------------------------------------------------------
+// offsets.retention.minutes (issue 11: groups that are never forgotten)
+// ---------------------------------------------------------------------------------------
+
+const RETENTION_MS: i64 = 600_000;
+
+fn retention_sim() -> Sim {
+    Sim::with(Config {
+        initial_rebalance_delay_ms: 0,
+        offsets_retention_ms: RETENTION_MS,
+        ..Config::default()
+    })
+}
+
+/// KIP-211: the retention clock starts when the last member leaves, not at the last
+/// commit, and the coordinator names the group so its offsets can go.
+#[test]
+fn kip_211_an_empty_group_is_forgotten_retention_after_its_last_member_left() {
+    let mut s = retention_sim();
+    let a = s.stable_one();
+    assert_eq!(s.c.commit_allowed(s.now, &member("g", &a, 1)), Ok(()));
+    // Members keep it alive far beyond the retention.
+    for _ in 0..(RETENTION_MS as u64 * 2 / 5_000) {
+        s.advance(5_000);
+        assert_eq!(s.heartbeat(&a, 1), Ok(()));
+    }
+    assert!(s.expired.is_empty());
+    let mut out = Vec::new();
+    let left = s.c.leave(s.now, "g", &[(a, None)], &mut out).unwrap();
+    assert_eq!(left, vec![Ok(())]);
+    assert_eq!(s.c.state("g"), Some(GroupState::Empty));
+    assert_eq!(s.c.next_deadline(), Some(s.now.plus_ms(RETENTION_MS)));
+
+    s.advance(RETENTION_MS as u64 - 1);
+    assert_eq!(s.c.state("g"), Some(GroupState::Empty));
+    assert!(s.expired.is_empty());
+    s.advance(1);
+    assert_eq!(s.expired, vec!["g".to_string()]);
+    assert_eq!(s.c.state("g"), None);
+    assert!(s.c.list(&[]).is_empty());
+    assert_eq!(s.c.next_deadline(), None);
+    // Named once only.
+    s.advance(RETENTION_MS as u64);
+    assert_eq!(s.expired.len(), 1);
+}
+
+/// A group known only by its committed offsets (after a restart) counts from its last
+/// commit.
+#[test]
+fn a_group_known_only_by_offsets_expires_retention_after_its_last_commit() {
+    let mut s = retention_sim();
+    let committed_at = Time(s.now.0 - 400_000);
+    s.c.ensure_group("offsets-only", committed_at).unwrap();
+    // Ensuring an existing group leaves its clock alone.
+    s.c.ensure_group("offsets-only", s.now).unwrap();
+    s.c.ensure_group("recent", s.now).unwrap();
+    s.advance(199_999);
+    assert!(s.expired.is_empty());
+    s.advance(1);
+    assert_eq!(s.expired, vec!["offsets-only".to_string()]);
+    assert_eq!(s.c.state("recent"), Some(GroupState::Empty));
+    s.advance(RETENTION_MS as u64);
+    assert_eq!(
+        s.expired,
+        vec!["offsets-only".to_string(), "recent".to_string()]
+    );
+}
+
+/// A standalone consumer (commits outside any generation) keeps its group as long as it
+/// commits, as Kafka keeps offsets by commit time for groups without a protocol.
+#[test]
+fn commits_to_an_empty_group_restart_its_retention_clock() {
+    let mut s = retention_sim();
+    let standalone = member("solo", "", -1);
+    for _ in 0..5 {
+        assert_eq!(s.c.commit_allowed(s.now, &standalone), Ok(()));
+        s.advance(RETENTION_MS as u64 - 1);
+    }
+    assert!(s.expired.is_empty());
+    s.advance(1);
+    assert_eq!(s.expired, vec!["solo".to_string()]);
+    // A commit after expiry makes it anew, with a fresh clock.
+    assert_eq!(s.c.commit_allowed(s.now, &standalone), Ok(()));
+    assert_eq!(s.c.state("solo"), Some(GroupState::Empty));
+}
+
+/// A group with members, or with a KIP-394 id outstanding, or in a rebalance, is never
+/// forgotten, however long ago it was created.
+#[test]
+fn only_groups_with_nobody_in_them_expire() {
+    let mut s = retention_sim();
+    s.c.ensure_group("g", Time(0)).unwrap();
+    // A first join to the long-idle group: MEMBER_ID_REQUIRED leaves a pending id.
+    let first = s.join("");
+    let id = s.joined(first).unwrap().member_id.clone();
+    s.advance(1);
+    assert!(s.expired.is_empty(), "a pending KIP-394 id keeps the group");
+    let second = s.join(&id);
+    assert_eq!(s.joined(second).unwrap().generation_id, 1);
+    let sync = s.sync(&id, 1, &[(&id, "all")]);
+    assert!(s.synced(sync).is_some());
+    for _ in 0..200 {
+        s.advance(5_000);
+        assert_eq!(s.heartbeat(&id, 1), Ok(()));
+    }
+    assert!(s.expired.is_empty());
+    // The member stops heartbeating: its session ends, then the retention runs.
+    s.advance(SESSION_MS as u64);
+    assert_eq!(s.c.state("g"), Some(GroupState::Empty));
+    s.advance(RETENTION_MS as u64);
+    assert_eq!(s.expired, vec!["g".to_string()]);
 }

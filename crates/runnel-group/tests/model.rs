@@ -1,14 +1,15 @@
 //! Random clients against the coordinator, under virtual time: whatever they do, every
 //! parked request is answered exactly once, no answer goes to a request never made,
-//! generations only grow, and once every client falls silent the group empties.
+//! generations only grow while the group lives, a group is forgotten only with nothing
+//! parked on it, and once every client falls silent the group empties and, after the
+//! offsets retention, is forgotten.
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use runnel_group::{
-    Config, Coordinator, GroupState, JoinRequest, MemberRef, Output, Protocol, ReplyTo,
-    SyncRequest, Time,
+    Config, Coordinator, JoinRequest, MemberRef, Output, Protocol, ReplyTo, SyncRequest, Time,
 };
 
 #[derive(Clone, Debug)]
@@ -160,8 +161,15 @@ impl World {
     fn advance(&mut self, ms: u64) {
         self.now = Time(self.now.0 + ms);
         let mut out = Vec::new();
-        self.c.tick(self.now, &mut out);
+        let expired = self.c.tick(self.now, &mut out);
         self.deliver(out);
+        if !expired.is_empty() {
+            assert_eq!(expired, vec!["g".to_string()]);
+            let open = self.asked.difference(&self.answered).count();
+            assert_eq!(open, 0, "a group forgotten with requests parked on it");
+            // A group made anew starts its generations over, as in Kafka.
+            self.generation_seen = 0;
+        }
     }
 }
 
@@ -170,7 +178,13 @@ proptest! {
 
     #[test]
     fn every_parked_request_is_answered_once(ops in proptest::collection::vec(op(), 1..60)) {
-        let config = Config { initial_rebalance_delay_ms: 500, ..Config::default() };
+        // A retention shorter than a few `Advance`s, so groups are forgotten and made
+        // anew during a run.
+        let config = Config {
+            initial_rebalance_delay_ms: 500,
+            offsets_retention_ms: 30_000,
+            ..Config::default()
+        };
         let mut w = World {
             c: Coordinator::new(config, 3),
             now: Time(0),
@@ -210,8 +224,9 @@ proptest! {
         }
         let open: Vec<_> = w.asked.difference(&w.answered).collect();
         prop_assert!(open.is_empty(), "never answered: {open:?}");
-        // Everyone has gone silent, so the group has emptied.
-        let d = w.c.describe("g");
-        prop_assert!(d.is_none_or(|d| d.state == GroupState::Empty && d.members.is_empty()));
+        // Everyone has gone silent, so the group has emptied and, ten minutes being
+        // far past the retention, been forgotten.
+        prop_assert!(w.c.describe("g").is_none());
+        prop_assert_eq!(w.c.next_deadline(), None);
     }
 }

@@ -33,7 +33,7 @@
 //! | 2    | rename `.cleaned` to `<base>.log.swap`; fsync the dir | **commit**: 3, 4 redone  |
 //! | 3    | delete `<base>.index`, `<base>.timeindex`             | 4 is redone              |
 //! | 4    | rename `.swap` over `<base>.log`; fsync the dir       | indexes are rebuilt      |
-//! | 5    | write and fsync the new index files                   | nothing to do            |
+//! | 5    | write and fsync the new index files; fsync the dir    | nothing to do            |
 //!
 //! Readers that took the old file's handle before step 4 keep reading the old file
 //! (an open handle outlives a rename over its name); the handle cache forgets the name
@@ -43,7 +43,9 @@
 //! Memory: the key map (at most `cleaner_map_bytes_max`, counted at
 //! [`CLEANER_MAP_ENTRY_BYTES`] per key), plus one read chunk (1 MiB) and one batch with
 //! its rewrite at a time. If not even the first dirty segment fits the map, the pass
-//! does nothing and says so.
+//! does nothing and says so. File handles: one closed segment's at a time, taken through
+//! the log's handle cache (its open-file budget) when the pass reaches the segment, not
+//! every closed segment's at the start.
 //!
 //! Compressed batches are decompressed and written back with the same codec through the
 //! [`BatchCodec`] in [`crate::LogConfig::batch_codec`]. Without one (or for a payload
@@ -129,12 +131,13 @@ impl CleanStats {
     }
 }
 
-/// A closed segment as the pass saw it when it started.
+/// A closed segment as the pass saw it when it started. No file handle: a pass over a
+/// partition with thousands of segments would hold them all open at once
+/// ([`Partition::closed_file`] opens one when it is needed).
 struct Closed {
     serial: u64,
     base: Offset,
     size: u64,
-    file: Arc<dyn StorageFile>,
 }
 
 /// A rewritten segment, written and fsynced as `<base>.log.cleaned`.
@@ -299,17 +302,14 @@ impl Partition {
                 // Nothing to do: return before taking any file handle.
                 return Ok(CleanStats::default());
             }
-            let closed = st.segments[..n]
+            let closed: Vec<Closed> = st.segments[..n]
                 .iter()
-                .map(|s| {
-                    Ok(Closed {
-                        serial: s.serial,
-                        base: s.stats.base,
-                        size: s.stats.size,
-                        file: s.file(&self.env, &self.dir)?,
-                    })
+                .map(|s| Closed {
+                    serial: s.serial,
+                    base: s.stats.base,
+                    size: s.stats.size,
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect();
             (closed, st.segments[n].stats.base)
         };
         let first_dirty = closed.partition_point(|s| s.base < upto);
@@ -330,7 +330,11 @@ impl Partition {
         let mut stats = CleanStats::default();
         let mut due: Option<TimestampMs> = None;
         for seg in &closed[..end] {
-            let Some(rewrite) = self.rewrite(seg, &map, now, &cfg, &mut due)? else {
+            let Some(source) = self.closed_file(seg)? else {
+                // Retention or truncation removed it under the pass: stop, as below.
+                return Ok(stats);
+            };
+            let Some(rewrite) = self.rewrite(seg, &*source, &map, now, &cfg, &mut due)? else {
                 continue;
             };
             if self.swap(seg, &rewrite)? {
@@ -375,7 +379,11 @@ impl Partition {
             let mut staged = KeyMap::new();
             let mut full = false;
             let path = segment::log_path(&self.dir, seg.base);
-            for_each_batch(&*seg.file, &path, seg.size, |bytes, header| {
+            let Some(source) = self.closed_file(seg)? else {
+                // Gone under the pass (retention): map what came before it.
+                break;
+            };
+            for_each_batch(&*source, &path, seg.size, |bytes, header| {
                 let Ok(Some(records)) = records_of(header, bytes, codec, limit_bytes) else {
                     return Ok(());
                 };
@@ -406,6 +414,7 @@ impl Partition {
     fn rewrite(
         &self,
         seg: &Closed,
+        source: &dyn StorageFile,
         map: &KeyMap,
         now: TimestampMs,
         cfg: &TopicConfig,
@@ -420,7 +429,7 @@ impl Partition {
         let mut removed = 0u64;
         let limit_bytes = decompressed_bytes_max(cfg.max_message_bytes);
         let mut unreadable = Unreadable::default();
-        let written = for_each_batch(&*seg.file, &path, seg.size, |bytes, header| {
+        let written = for_each_batch(source, &path, seg.size, |bytes, header| {
             let horizon = header
                 .max_timestamp()
                 .saturating_add(cfg.delete_retention_ms.min(i64::MAX as u64) as i64);
@@ -448,7 +457,7 @@ impl Partition {
                 let f = storage
                     .open(&cleaned_path, OpenMode::CreateTruncate)
                     .map_err(|e| LogError::io("create", &cleaned_path, e))?;
-                copy_prefix(&*seg.file, &*f, stats.size)
+                copy_prefix(source, &*f, stats.size)
                     .map_err(|e| LogError::io("write", &cleaned_path, e))?;
                 out = Some(f);
             }
@@ -495,6 +504,22 @@ impl Partition {
         }))
     }
 
+    /// A read handle on `seg`, through the log's handle cache, if it is still a closed
+    /// segment of the size the pass saw (only the cleaner, which this pass holds,
+    /// rewrites closed segments, so it is the same file); `None` once retention or
+    /// truncation removed it.
+    fn closed_file(&self, seg: &Closed) -> Result<Option<Arc<dyn StorageFile>>> {
+        let st = lock(&self.state);
+        let last = st.segments.len() - 1;
+        let found = st.segments[..last]
+            .iter()
+            .find(|s| s.serial == seg.serial && s.stats.size == seg.size);
+        match found.filter(|_| !st.deleted) {
+            Some(s) => s.file(&self.env, &self.dir).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Puts a rewritten segment in place under the state lock (steps 2 to 5 of the swap
     /// in the module docs). Returns `false`, discarding the rewrite, if the segment is no
     /// longer a closed segment of the size the pass read.
@@ -539,7 +564,13 @@ impl Partition {
         self.env.files.forget(&path);
         st.segments[i].stats = rewrite.stats.clone();
         sync_dir()?;
-        if let Err(e) = rewrite.stats.write_indexes(storage, &self.dir) {
+        // Step 5; the directory sync makes the new index files' names durable, so the
+        // next open loads them rather than rebuilding them from the data.
+        let indexed = rewrite
+            .stats
+            .write_indexes(storage, &self.dir)
+            .and_then(|()| storage.sync_dir(&self.dir));
+        if let Err(e) = indexed {
             warn!(topic = %self.topic, partition = self.id.0, error = %e, "could not write index files of a cleaned segment; they will be rebuilt on open");
         }
         Ok(true)

@@ -168,10 +168,14 @@ struct ServeArgs {
     /// Longest consumer session timeout accepted [default: 1800000]
     #[arg(long, env = "RUNNEL_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
     group_max_session_timeout_ms: Option<String>,
+    /// Forget a consumer group, and delete its committed offsets, once it has had no
+    /// members this long, like Kafka's offsets.retention.minutes [default: 10080]
+    #[arg(long, env = "RUNNEL_OFFSETS_RETENTION_MINUTES", value_name = "MINUTES")]
+    offsets_retention_minutes: Option<String>,
 }
 
 impl ServeArgs {
-    fn flags(&self) -> [(&'static str, &Option<String>); 17] {
+    fn flags(&self) -> [(&'static str, &Option<String>); 18] {
         [
             ("listen", &self.listen),
             ("advertise", &self.advertise),
@@ -199,6 +203,7 @@ impl ServeArgs {
                 "group-max-session-timeout-ms",
                 &self.group_max_session_timeout_ms,
             ),
+            ("offsets-retention-minutes", &self.offsets_retention_minutes),
         ]
     }
 
