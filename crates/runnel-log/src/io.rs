@@ -103,7 +103,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>>;
 
     /// Writes `data` to `path` atomically: a temporary file, fsync, rename, directory
-    /// fsync. A crash leaves either the old file or the new one.
+    /// fsync. A crash leaves either the old file or the new one; once this returns, the
+    /// new one (the rename is durable only after the directory fsync).
+    ///
+    /// The directory holding `path` must itself be durable already: this syncs its
+    /// entries, not its own entry in its parent (see [`create_dir_durable`]).
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let tmp = tmp_path(path);
         let file = self.open(&tmp, OpenMode::CreateTruncate)?;
@@ -111,11 +115,45 @@ pub trait Storage: Send + Sync + fmt::Debug {
         file.sync_data()?;
         drop(file);
         self.rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = parent_dir(path) {
             self.sync_dir(dir)?;
         }
         Ok(())
     }
+}
+
+/// The directory that holds `path`'s entry: `.` for a bare file name (whose `parent()`
+/// is the empty path, which no file system opens), `None` for a root.
+pub(crate) fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    })
+}
+
+/// Creates the directory `path` and any missing parents, and makes each one's entry
+/// durable: a directory's creation, like a file's, survives a power cut only once its
+/// parent directory is synced. The parent of `path` is synced even when `path` already
+/// existed, since a crash may have left it created but not yet durable; a directory
+/// created here is synced before its parent, so a power cut in between leaves at worst
+/// a durable entry in a directory that is not (and so nothing).
+pub(crate) fn create_dir_durable(storage: &dyn Storage, path: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !storage.exists(p))
+        .collect();
+    storage.create_dir_all(path)?;
+    let mut parents: Vec<&Path> = missing.iter().filter_map(|p| parent_dir(p)).collect();
+    if missing.is_empty() {
+        parents.extend(parent_dir(path));
+    }
+    for dir in parents {
+        storage.sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// The temporary name used by [`Storage::write_atomic`]; leftovers are removed on open.

@@ -23,7 +23,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{LogConfig, PARTITIONS_MAX, TopicConfig, validate_topic_name};
 use crate::error::{LogError, Result};
 use crate::files::FileCache;
-use crate::io::{DirLock, OpenMode, StdStorage, Storage};
+use crate::io::{DirLock, OpenMode, StdStorage, Storage, create_dir_durable};
 use crate::partition::{Env, Partition};
 use crate::types::{PartitionId, TimestampMs};
 
@@ -106,6 +106,10 @@ struct Inner {
     env: Arc<Env>,
     config: LogConfig,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Topics being created: their names are taken, but they are not in `topics` until
+    /// their files are durable. Creation does its I/O (an fsync per partition) without
+    /// holding `topics`, which every produce and fetch reads.
+    creating: Mutex<std::collections::BTreeSet<String>>,
     stop: Mutex<bool>,
     wake: Condvar,
     _lock: Box<dyn DirLock>,
@@ -123,6 +127,18 @@ pub struct Log {
     cleaner: Option<JoinHandle<()>>,
 }
 
+/// A topic name held in [`Inner::creating`] while its creation runs; let go on drop.
+struct Taken<'a>(&'a Mutex<std::collections::BTreeSet<String>>, &'a str);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
+    }
+}
+
 impl Log {
     /// Opens (or creates) the log in `config.data_dir` on the real file system.
     pub fn open(config: LogConfig) -> Result<Log> {
@@ -136,9 +152,10 @@ impl Log {
         clock: Arc<dyn Clock>,
     ) -> Result<Log> {
         let data = config.data_dir.clone();
+        // Durable before any topic is created in them: a topic directory made durable
+        // in a `topics/` whose own entry is not would vanish with it at a power cut.
         for d in [data.join("topics"), data.join("trash")] {
-            storage
-                .create_dir_all(&d)
+            create_dir_durable(&*storage, &d)
                 .map_err(|e| LogError::io("create directory", &d, e))?;
         }
         let lock_path = data.join(LOCK_FILE);
@@ -173,6 +190,7 @@ impl Log {
             env,
             config,
             topics: RwLock::new(BTreeMap::new()),
+            creating: Mutex::new(std::collections::BTreeSet::new()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             _lock: lock,
@@ -225,10 +243,19 @@ impl Log {
         })?;
         check_partition_count(partitions)?;
         let config = effective_config(&self.inner.config.topic_defaults, overrides)?;
-        let mut topics = write(&self.inner.topics);
-        if topics.contains_key(name) {
-            return Err(LogError::TopicExists(name.to_string()));
+        {
+            let topics = read(&self.inner.topics);
+            let mut creating = self
+                .inner
+                .creating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if topics.contains_key(name) || !creating.insert(name.to_string()) {
+                return Err(LogError::TopicExists(name.to_string()));
+            }
         }
+        // The name is taken until this returns, whatever happens below.
+        let _taken = Taken(&self.inner.creating, name);
         let storage = &*self.inner.env.storage;
         let dir = self.inner.config.data_dir.join("topics").join(name);
         if storage.exists(&dir) {
@@ -237,6 +264,10 @@ impl Log {
                 .remove_dir_all(&dir)
                 .map_err(|e| LogError::io("remove", &dir, e))?;
         }
+        // The topic's entry in `topics/` is durable before its partitions' entries in
+        // it, and those (in `Partition::create`) before the metadata file that commits
+        // the creation: a topic acknowledged as created survives a power cut whole.
+        create_dir_durable(storage, &dir).map_err(|e| LogError::io("create directory", &dir, e))?;
         let topic = Arc::new(Topic {
             name: name.into(),
             dir: dir.clone(),
@@ -244,14 +275,26 @@ impl Log {
             config: Arc::new(RwLock::new(config)),
             partitions: RwLock::new(Vec::new()),
         });
-        let parts = (0..partitions)
+        let created = (0..partitions)
             .map(|p| self.new_partition(&topic, p))
-            .collect::<Result<Vec<_>>>()?;
-        *write(&topic.partitions) = parts;
-        // The metadata file is the commit point: without it, open discards the directory.
-        write_meta(storage, &topic, partitions)?;
+            .collect::<Result<Vec<_>>>()
+            .and_then(|parts| {
+                *write(&topic.partitions) = parts;
+                // The metadata file is the commit point: without it, open discards the
+                // directory.
+                write_meta(storage, &topic, partitions)
+            });
+        if let Err(e) = created {
+            // A failed creation must not be found by the next open of this disk: its
+            // metadata may be there but not durable (a failed directory sync), and a
+            // topic loaded from it could vanish at a power cut, data and all.
+            if let Err(e) = storage.remove_dir_all(&dir) {
+                warn!(topic = name, error = %e, "could not remove the directory of a failed topic creation");
+            }
+            return Err(e);
+        }
         info!(topic = name, partitions, "created topic");
-        topics.insert(name.to_string(), topic.clone());
+        write(&self.inner.topics).insert(name.to_string(), topic.clone());
         Ok(topic)
     }
 
@@ -287,8 +330,13 @@ impl Log {
         storage
             .rename(&topic.dir, &trash)
             .map_err(|e| LogError::io("move to trash", &topic.dir, e))?;
-        if let Some(parent) = topic.dir.parent() {
-            let _ = storage.sync_dir(parent);
+        // Until `topics/` is synced, a power cut brings the topic back whole (the
+        // trash directory's entry for it is not durable either, so it is not half
+        // there); the deletion is acknowledged anyway, as Kafka's is before its files go.
+        if let Some(parent) = topic.dir.parent()
+            && let Err(e) = storage.sync_dir(parent)
+        {
+            warn!(topic = name, error = %e, "could not make the topic's deletion durable; a power cut may bring it back");
         }
         if let Err(e) = storage.remove_dir_all(&trash) {
             warn!(path = %trash.display(), error = %e, "could not empty trash; it is retried on the next open");
@@ -497,6 +545,18 @@ fn parse_meta(path: &Path, text: &str) -> Result<(u32, BTreeMap<String, String>)
 fn load_topics(inner: &Arc<Inner>, clean: bool) -> Result<()> {
     let storage = &*inner.env.storage;
     let root = inner.config.data_dir.join("topics");
+    // After a crash, what the process left in `topics/` and in each topic directory
+    // (a creation, a deletion, metadata whose directory sync failed) is made durable
+    // before it is relied on, as each partition does with its own directory.
+    let sync_after_crash = |dir: &Path| {
+        if clean {
+            return Ok(());
+        }
+        storage
+            .sync_dir(dir)
+            .map_err(|e| LogError::io("sync directory", dir, e))
+    };
+    sync_after_crash(&root)?;
     let entries = storage
         .list_dir(&root)
         .map_err(|e| LogError::io("list", &root, e))?;
@@ -515,6 +575,7 @@ fn load_topics(inner: &Arc<Inner>, clean: bool) -> Result<()> {
                 .map_err(|e| LogError::io("remove", &dir, e))?;
             continue;
         }
+        sync_after_crash(&dir)?;
         let text = storage
             .open(&meta, OpenMode::Read)
             .and_then(|f| f.read_all())

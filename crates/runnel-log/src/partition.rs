@@ -563,7 +563,13 @@ impl Partition {
         })?;
         let old = st.active_mut();
         old.stats.seal();
-        if let Err(e) = old.stats.write_indexes(storage, &self.dir) {
+        // The directory sync makes the index files' names durable, so a restart after
+        // a power cut loads them instead of scanning the segment again.
+        let indexed = old
+            .stats
+            .write_indexes(storage, &self.dir)
+            .and_then(|()| storage.sync_dir(&self.dir));
+        if let Err(e) = indexed {
             warn!(topic = %self.topic, partition = self.id.0, error = %e, "could not write index files; they will be rebuilt on open");
         }
         old.active_file = None;
@@ -607,10 +613,13 @@ impl Partition {
         if durable <= rp.offset {
             return Ok(());
         }
+        // Set before the write, so a failed write is retried after the same interval,
+        // not on every maintenance tick: on a full disk every try logs a warning, and a
+        // tick is 20 ms.
+        rp.written_ms = self.env.clock.now_ms();
         self.write_checkpoint(RECOVERY_POINT_FILE, durable)
             .map_err(|e| LogError::io("write", self.dir.join(RECOVERY_POINT_FILE), e))?;
         rp.offset = durable;
-        rp.written_ms = self.env.clock.now_ms();
         Ok(())
     }
 
@@ -1060,6 +1069,19 @@ impl Partition {
             st.log_start = st.log_start.max(st.segments[0].stats.base);
             deleted += 1;
         }
+        // Without a directory sync, a power cut may bring deleted segments back. That
+        // is harmless to recovery: they come back whole (data and indexes, as fsynced
+        // when they rolled), at the front, and are loaded like any sealed segment. What
+        // would move is the log start: `delete_records` checkpoints it before deleting,
+        // so it holds (recovery takes the checkpoint, and the next retention pass deletes
+        // the segments below it again); retention does not, so the start would move back
+        // to segments already deleted. One directory sync per pass that deleted
+        // something keeps it where it was, and a failure costs only that: logged.
+        if deleted > 0
+            && let Err(e) = self.env.storage.sync_dir(&self.dir)
+        {
+            warn!(topic = %self.topic, partition = self.id.0, error = %e, "could not make segment deletion durable; a power cut may bring the segments back");
+        }
         Ok(deleted)
     }
 
@@ -1096,9 +1118,15 @@ impl Partition {
                 high_watermark: hwm,
             });
         }
-        if before > st.log_start {
-            self.write_checkpoint(LOG_START_FILE, before)
+        // Checkpointed even when the start is already there: retention moves it without
+        // a checkpoint, and its deletions may not be durable (a failed directory sync),
+        // so an acknowledged `delete_records` must not rest on them.
+        if before > Offset(0) {
+            let start = before.max(st.log_start);
+            self.write_checkpoint(LOG_START_FILE, start)
                 .map_err(|e| LogError::io("write", self.dir.join(LOG_START_FILE), e))?;
+        }
+        if before > st.log_start {
             st.log_start = before;
             self.remove_leading_segments(&mut st, |_, _| false)?;
         }
@@ -1213,8 +1241,12 @@ impl Partition {
         let mut st = lock(&self.state);
         let seg = st.active_mut();
         seg.stats.seal();
+        // Durable before the log writes its clean-shutdown marker, which makes the next
+        // open trust index files: else a power cut could leave an older file under the
+        // name (one that a truncation removed, not durably) and the open would trust it.
         seg.stats
             .write_indexes(&*self.env.storage, &self.dir)
+            .and_then(|()| self.env.storage.sync_dir(&self.dir))
             .map_err(|e| LogError::io("write index", &self.dir, e))
     }
 

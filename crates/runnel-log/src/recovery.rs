@@ -47,7 +47,7 @@ use crate::batch::{BatchHeader, HEADER_BYTES};
 use crate::cleaner;
 use crate::config::TopicConfig;
 use crate::error::{LogError, Result};
-use crate::io::{OpenMode, StorageFile};
+use crate::io::{OpenMode, StorageFile, create_dir_durable};
 use crate::partition::{Env, LOG_START_FILE, Partition, RECOVERY_POINT_FILE, Segment, State};
 use crate::segment::{self, SegmentStats};
 use crate::types::{Offset, PartitionId};
@@ -147,8 +147,10 @@ impl Partition {
         dir: &Path,
         config: Arc<RwLock<TopicConfig>>,
     ) -> Result<Partition> {
-        env.storage
-            .create_dir_all(dir)
+        // The partition's entry in the topic directory is durable before the segment's
+        // entry in it (`Segment::create`): otherwise a power cut could take the whole
+        // directory, synced segment and all.
+        create_dir_durable(&*env.storage, dir)
             .map_err(|e| LogError::io("create directory", dir, e))?;
         let seg = Segment::create(&env, dir, Offset(0))?;
         let state = State::new(vec![seg], Offset(0));
@@ -193,6 +195,15 @@ impl Partition {
                 bases.push(base);
             }
         }
+        if !clean {
+            // The process that crashed may have renamed or removed files here and
+            // failed to sync the directory (a checkpoint, a retention deletion): what
+            // it left is what this open will rely on, so it is made durable first, or
+            // a later power cut could bring back a state older than the one served.
+            storage
+                .sync_dir(dir)
+                .map_err(|e| LogError::io("sync directory", dir, e))?;
+        }
         for e in &entries {
             if let Some(base) = finish_swap(&env, dir, &e.name)? {
                 bases.push(base);
@@ -213,7 +224,7 @@ impl Partition {
                 && base < prev.stats.next_offset
             {
                 warn!(path = %path.display(), "segment overlaps the one before it; deleting it and all later segments");
-                remove_segments(&env, dir, &bases[k..]);
+                remove_segments(&env, dir, &bases[k..])?;
                 break;
             }
             let mut file = storage
@@ -221,9 +232,23 @@ impl Partition {
                 .map_err(|e| LogError::io("open segment", &path, e))?;
             let limit = bases.get(k + 1).copied().unwrap_or(Offset(u64::MAX));
             let sealed = base < recovery_point && (clean || k + 1 < bases.len());
+            // The batches replayed after the last index entry are not CRC-checked, and
+            // `lastOffsetDelta` is trusted there: a flipped bit in it must not move the
+            // end past the next segment's base (the overlap check below would then
+            // delete every later segment) nor, after a clean shutdown, past the log end
+            // the shutdown recorded. Such a segment is scanned instead, and the damage
+            // quarantined.
+            let end_max = if clean && k + 1 == bases.len() && durable > Offset(0) {
+                durable
+            } else {
+                limit
+            };
             let loaded = if sealed {
                 segment::load_indexed(storage, dir, &*file, base, interval)
                     .map_err(|e| LogError::io("read", &path, e))?
+                    .filter(|s| {
+                        s.next_offset <= end_max && s.next_offset.0 - base.0 <= u64::from(u32::MAX)
+                    })
             } else {
                 None
             };
@@ -259,7 +284,7 @@ impl Partition {
                     dir: dir.to_path_buf(),
                     count: bases.len() - k - 1,
                 });
-                remove_segments(&env, dir, &bases[k + 1..]);
+                remove_segments(&env, dir, &bases[k + 1..])?;
                 break;
             }
         }
@@ -545,15 +570,26 @@ fn copy_range(
     Ok(())
 }
 
+/// Writes a rebuilt segment's index files, and syncs the directory so that their names
+/// are durable too (else the next open after a power cut rebuilds them again). Only
+/// logged when it fails: indexes that are missing are rebuilt.
 fn write_rebuilt_indexes(env: &Env, dir: &Path, stats: &SegmentStats) {
     let mut sealed = stats.clone();
     sealed.seal();
-    if let Err(e) = sealed.write_indexes(&*env.storage, dir) {
+    let written = sealed
+        .write_indexes(&*env.storage, dir)
+        .and_then(|()| env.storage.sync_dir(dir));
+    if let Err(e) = written {
         warn!(dir = %dir.display(), error = %e, "could not write rebuilt index files");
     }
 }
 
-fn remove_segments(env: &Env, dir: &Path, bases: &[Offset]) {
+/// Deletes the segments after a hole (or an overlap) and makes their removal durable
+/// before the partition opens: removed segments that came back at a power cut, after
+/// appends have gone on from the hole, would put a hole in the log and serve what lay
+/// after it, batches never acknowledged. The directory sync is the one error that stops
+/// the open; a file that cannot be deleted is only logged, and is met again next open.
+fn remove_segments(env: &Env, dir: &Path, bases: &[Offset]) -> Result<()> {
     for &b in bases {
         for p in [
             segment::log_path(dir, b),
@@ -567,4 +603,7 @@ fn remove_segments(env: &Env, dir: &Path, bases: &[Offset]) {
             }
         }
     }
+    env.storage
+        .sync_dir(dir)
+        .map_err(|e| LogError::io("sync directory", dir, e))
 }
