@@ -68,6 +68,24 @@ pub fn log_error(e: &LogError) -> ResponseError {
     }
 }
 
+/// The Kafka error for a commit (or an offset deletion) whose append to
+/// `__consumer_offsets` failed, as Kafka's group coordinator maps it: a storage failure
+/// is NOT_COORDINATOR (clients look the coordinator up again and retry, where
+/// KAFKA_STORAGE_ERROR on a commit is an unexpected error to the Java client), an
+/// oversized batch INVALID_COMMIT_OFFSET_SIZE, a missing offsets partition
+/// COORDINATOR_NOT_AVAILABLE.
+#[must_use]
+pub fn commit_error(e: &LogError) -> ResponseError {
+    match log_error(e) {
+        ResponseError::KafkaStorageError => ResponseError::NotCoordinator,
+        ResponseError::MessageTooLarge
+        | ResponseError::RecordListTooLarge
+        | ResponseError::InvalidFetchSize => ResponseError::InvalidCommitOffsetSize,
+        ResponseError::UnknownTopicOrPartition => ResponseError::CoordinatorNotAvailable,
+        other => other,
+    }
+}
+
 /// The Kafka error for a rejected batch (Kafka's `LogValidator` choices).
 #[must_use]
 pub fn batch_error(e: &BatchError) -> ResponseError {

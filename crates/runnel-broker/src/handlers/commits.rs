@@ -20,7 +20,7 @@ use runnel_group::{GroupError, GroupState, MemberRef};
 use runnel_log::PartitionId;
 
 use crate::broker::{Broker, str_bytes, topic_name};
-use crate::errors::{group_error, log_error};
+use crate::errors::{commit_error, group_error};
 use runnel_core::offsets::{COMMIT_METADATA_BYTES_MAX, Committed};
 
 /// Each partition's refusal, if any.
@@ -93,7 +93,7 @@ impl Broker {
                 p.partition_index = index;
                 p.error_code = match (&written, error) {
                     (_, Some(refused)) => refused.code(),
-                    (Err(e), None) => log_error(e).code(),
+                    (Err(e), None) => commit_error(e).code(),
                     (Ok(()), None) => 0,
                 };
                 t.partitions.push(p);
@@ -274,7 +274,7 @@ impl Broker {
             .blocking(move || groups.offsets.write(&group, &deletes))
             .await
         {
-            resp.error_code = log_error(&e).code();
+            resp.error_code = commit_error(&e).code();
         }
         resp
     }

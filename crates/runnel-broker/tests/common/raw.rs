@@ -23,7 +23,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(b: &TestBroker) -> Client {
-        let stream = TcpStream::connect_timeout(&b.addr, IO_TIMEOUT).expect("connect");
+        Client::connect_to(b.addr)
+    }
+
+    /// Connects to a broker that is not a [`TestBroker`].
+    pub fn connect_to(addr: std::net::SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
