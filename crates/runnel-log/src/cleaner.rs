@@ -138,6 +138,8 @@ struct Closed {
     serial: u64,
     base: Offset,
     size: u64,
+    /// One past its last offset.
+    end: Offset,
 }
 
 /// A rewritten segment, written and fsynced as `<base>.log.cleaned`.
@@ -231,14 +233,17 @@ pub(crate) fn check_keys(bytes: &[u8], codec: Option<&dyn BatchCodec>) -> Result
 }
 
 /// Calls `f(batch bytes, header)` for every batch of a closed segment, reading
-/// at most one chunk (or one batch) at a time. A batch that fails its checks ends the
-/// pass with [`LogError::Corrupt`]: the cleaner never writes from damaged data.
+/// at most one chunk (or one batch) at a time. A batch that fails its checks (its CRC,
+/// and the offsets the CRC does not cover: in order, inside the segment) ends the pass
+/// with [`LogError::Corrupt`]: the cleaner never writes from damaged data.
 fn for_each_batch(
     file: &dyn StorageFile,
     path: &Path,
-    len: u64,
+    seg: &Closed,
     mut f: impl FnMut(&[u8], &BatchHeader<'_>) -> Result<()>,
 ) -> Result<()> {
+    let len = seg.size;
+    let mut expected = seg.base;
     let mut reader = ChunkReader::new(file, len, READ_CHUNK_BYTES);
     let mut pos = 0u64;
     let corrupt = |pos: u64, reason: String| LogError::Corrupt {
@@ -266,7 +271,22 @@ fn for_each_batch(
         batch::check_header(&header)
             .and_then(|()| batch::check_crc(&header, bytes))
             .map_err(|e| corrupt(pos, e.to_string()))?;
+        if header.base_offset_raw() < expected.0 as i64
+            || header.last_offset() >= seg.end
+            || header.last_offset().0 - seg.base.0 >= u64::from(u32::MAX)
+        {
+            return Err(corrupt(
+                pos,
+                format!(
+                    "batch offsets {}..={} out of order or outside {expected}..{}",
+                    header.base_offset_raw(),
+                    header.last_offset().0,
+                    seg.end
+                ),
+            ));
+        }
         f(bytes, &header)?;
+        expected = header.last_offset().plus(1);
         pos += total;
     }
     Ok(())
@@ -308,6 +328,7 @@ impl Partition {
                     serial: s.serial,
                     base: s.stats.base,
                     size: s.stats.size,
+                    end: s.stats.next_offset,
                 })
                 .collect();
             (closed, st.segments[n].stats.base)
@@ -383,7 +404,7 @@ impl Partition {
                 // Gone under the pass (retention): map what came before it.
                 break;
             };
-            for_each_batch(&*source, &path, seg.size, |bytes, header| {
+            for_each_batch(&*source, &path, seg, |bytes, header| {
                 let Ok(Some(records)) = records_of(header, bytes, codec, limit_bytes) else {
                     return Ok(());
                 };
@@ -429,7 +450,7 @@ impl Partition {
         let mut removed = 0u64;
         let limit_bytes = decompressed_bytes_max(cfg.max_message_bytes);
         let mut unreadable = Unreadable::default();
-        let written = for_each_batch(source, &path, seg.size, |bytes, header| {
+        let written = for_each_batch(source, &path, seg, |bytes, header| {
             let horizon = header
                 .max_timestamp()
                 .saturating_add(cfg.delete_retention_ms.min(i64::MAX as u64) as i64);

@@ -740,7 +740,7 @@ impl Partition {
     ) -> Result<(Offset, Offset)> {
         out.clear();
         let hwm = self.high_watermark();
-        let (file, path, start_pos, len, log_start, base, limit) = {
+        let (file, path, start_pos, start_offset, len, log_start, base, seg_end, limit) = {
             let st = lock(&self.state);
             if st.deleted {
                 return Err(LogError::UnknownTopic(self.topic.to_string()));
@@ -757,28 +757,45 @@ impl Partition {
             };
             let seg = &st.segments[i];
             let rel = offset.0.saturating_sub(seg.stats.base.0);
-            let start = seg.stats.index.floor(rel).map_or(0, |(_, p)| u64::from(p));
+            let (start_rel, start) = seg
+                .stats
+                .index
+                .floor(rel)
+                .map_or((0, 0), |(r, p)| (u64::from(r), u64::from(p)));
             let path = segment::log_path(&self.dir, seg.stats.base);
             let limit = st.segments.get(i + 1).map(|s| s.stats.base);
             (
                 seg.file(&self.env, &self.dir)?,
                 path,
                 start,
+                seg.stats.base.plus(start_rel),
                 seg.stats.size,
                 st.log_start,
                 seg.stats.base,
+                seg.stats.next_offset,
                 limit,
             )
         };
         let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
-        let mut pos = start_pos;
+        let view = SegmentView {
+            file: &*file,
+            path: &path,
+            base,
+            len,
+            end: seg_end,
+        };
+        let (mut pos, mut expected) = (start_pos, start_offset);
         // Each step passes one damaged batch: at most one per byte of the segment.
         while pos < len {
-            match read_batches(&*file, &path, len, pos, offset, hwm, max_bytes, out) {
+            match read_batches(&view, pos, expected, offset, hwm, max_bytes, out) {
                 Err(LogError::Corrupt {
                     position, reason, ..
-                }) => match self.step_over(&*file, &path, base, limit, position, &reason)? {
-                    Some(next) => pos = next,
+                }) => match self.step_over(&view, position, &reason)? {
+                    Some(next) => {
+                        // What the damaged batch held is unknown: any offset of the
+                        // segment may follow it.
+                        (pos, expected) = (next, base);
+                    }
                     None => break,
                 },
                 done => {
@@ -805,13 +822,11 @@ impl Partition {
     /// `None` when nothing valid follows in this segment.
     fn step_over(
         &self,
-        file: &dyn StorageFile,
-        path: &Path,
-        base: Offset,
-        limit: Option<Offset>,
+        view: &SegmentView<'_>,
         position: u64,
         reason: &str,
     ) -> Result<Option<u64>> {
+        let (file, path, base) = (view.file, view.path, view.base);
         // Where it led last time is checked again (one batch's CRC), never trusted: the
         // cleaner or a truncation may have rewritten the segment since.
         let known = lock(&self.damaged).get(&(base, position)).copied();
@@ -828,15 +843,8 @@ impl Partition {
         } else {
             None
         };
-        let next = segment::resync(
-            file,
-            base,
-            position + 1,
-            hint,
-            base,
-            limit.unwrap_or(Offset(u64::MAX)),
-        )
-        .map_err(io_err)?;
+        let next =
+            segment::resync(file, base, position + 1, hint, base, view.end).map_err(io_err)?;
         // Only a found batch is remembered: after the active segment's damage, later
         // appends may yet bring one.
         if let Some(next) = next
@@ -1208,6 +1216,7 @@ impl Partition {
             self.config().index_interval_bytes,
             offset,
             Offset(u64::MAX),
+            Offset(u64::MAX),
         )
         .map_err(|e| LogError::io("read", &path, e))?;
         file.set_len(kept.size)
@@ -1225,8 +1234,8 @@ impl Partition {
         seg.stats = kept;
         seg.active_file = Some(file);
         let end = st.log_end();
-        let base = st.active().stats.base;
-        self.write_recovery_point(base)
+        // Everything kept was synced: the recovery point is the new end.
+        self.write_recovery_point(end)
             .map_err(|e| LogError::io("write", dir.join(RECOVERY_POINT_FILE), e))?;
         debug_assert!(st.log_start <= end);
         self.hwm.send_modify(|h| *h = (*h).min(end));
@@ -1295,61 +1304,161 @@ fn corrupt(path: &Path, position: u64, reason: String) -> LogError {
     }
 }
 
+/// A segment as a read sees it: its file, its extent, and the offsets it holds (from
+/// `base` up to `end`, its next offset).
+struct SegmentView<'a> {
+    file: &'a dyn StorageFile,
+    path: &'a Path,
+    base: Offset,
+    len: u64,
+    end: Offset,
+}
+
+impl SegmentView<'_> {
+    /// Why a batch header at `pos` cannot be the next batch when `expected` is the next
+    /// offset: its framing, or offsets the CRC does not cover (`baseOffset`), outside
+    /// what this segment holds.
+    fn header_problem(&self, h: &BatchHeader<'_>, pos: u64, expected: Offset) -> Option<String> {
+        let total = h.total_bytes();
+        if total < HEADER_BYTES as u64 || pos + total > self.len || h.magic() != batch::MAGIC_V2 {
+            return Some(format!(
+                "bad batch length {} or magic {}",
+                h.batch_length(),
+                h.magic()
+            ));
+        }
+        if h.base_offset_raw() < expected.0 as i64 || h.last_offset() >= self.end {
+            return Some(format!(
+                "batch offsets {}..={} outside {expected}..{}",
+                h.base_offset_raw(),
+                h.last_offset().0,
+                self.end
+            ));
+        }
+        None
+    }
+
+    /// Whether the whole batch at `pos`, `total` bytes, passes its CRC.
+    fn crc_ok(&self, pos: u64, total: u64) -> Result<bool> {
+        let mut bytes = vec![0u8; total as usize];
+        self.file
+            .read_exact_at(&mut bytes, pos)
+            .map_err(|e| LogError::io("read", self.path, e))?;
+        let h = BatchHeader::parse(&bytes).expect("length checked");
+        Ok(batch::check_header(&h).is_ok() && batch::check_crc(&h, &bytes).is_ok())
+    }
+}
+
+/// A batch a read passed on its way: where it was, the offset expected before it, how
+/// many offsets it spans, and whether it started above the expected offset (a gap).
+#[derive(Clone, Copy)]
+struct Passed {
+    pos: u64,
+    total: u64,
+    expected: Offset,
+    span: u64,
+    gap: bool,
+}
+
+impl Passed {
+    fn of(h: &BatchHeader<'_>, pos: u64, expected: Offset) -> Passed {
+        Passed {
+            pos,
+            total: h.total_bytes(),
+            expected,
+            span: h.last_offset().0 - h.base_offset().0 + 1,
+            gap: h.base_offset() > expected,
+        }
+    }
+
+    /// Whether `h`, which does not fit after this batch, starts exactly where this one
+    /// would have ended had it started where expected: then this batch's `baseOffset`
+    /// (outside the CRC) is the damaged one.
+    fn explains(&self, h: &BatchHeader<'_>) -> bool {
+        self.gap && h.base_offset_raw() == self.expected.0.saturating_add(self.span) as i64
+    }
+}
+
 /// The read path: skip to the batch holding `offset` (header reads only), then one
 /// read of whole batches straight into `out`, checked in place and cut to the last
-/// whole, valid batch below `hwm`.
-#[allow(clippy::too_many_arguments)]
+/// whole, valid batch below `hwm`. `expected` is the offset the batch at `pos` starts
+/// at or after. Every batch is checked: CRC, and the fields the CRC does not cover
+/// (length, magic, offsets in order and inside the segment). A damaged batch is
+/// reported as [`LogError::Corrupt`] at its position (when a header does not fit, the
+/// batch before it is blamed if its length or `baseOffset` explains the misfit), so the
+/// caller can step over it.
 fn read_batches(
-    file: &dyn StorageFile,
-    path: &Path,
-    len: u64,
+    view: &SegmentView<'_>,
     mut pos: u64,
+    mut expected: Offset,
     offset: Offset,
     hwm: Offset,
     max_bytes: usize,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    let path = view.path;
     let io_err = |e| LogError::io("read", path, e);
     let mut head = [0u8; HEADER_BYTES];
+    let mut prev: Option<Passed> = None;
     let first_total = loop {
-        if pos + HEADER_BYTES as u64 > len {
+        if pos + HEADER_BYTES as u64 > view.len {
             return Ok(());
         }
-        file.read_exact_at(&mut head, pos).map_err(io_err)?;
+        view.file.read_exact_at(&mut head, pos).map_err(io_err)?;
         let h = BatchHeader::parse(&head).expect("length checked");
-        let total = h.total_bytes();
-        if total < HEADER_BYTES as u64 || pos + total > len {
-            return Err(corrupt(
-                path,
-                pos,
-                format!("bad batch length {}", h.batch_length()),
-            ));
+        if let Some(reason) = view.header_problem(&h, pos, expected) {
+            // Landing on a bad header may be the previous batch's fault: a damaged
+            // length (then its CRC fails too) or a damaged `baseOffset`.
+            if let Some(p) = prev
+                && (p.explains(&h) || !view.crc_ok(p.pos, p.total)?)
+            {
+                return Err(corrupt(
+                    path,
+                    p.pos,
+                    format!("the batch after it: {reason}"),
+                ));
+            }
+            return Err(corrupt(path, pos, reason));
         }
         if h.last_offset() >= offset {
-            break total;
+            break h.total_bytes();
         }
-        pos += total;
+        prev = Some(Passed::of(&h, pos, expected));
+        expected = h.last_offset().plus(1);
+        pos += h.total_bytes();
     };
-    let want = (max_bytes as u64).min(len - pos).max(first_total);
+    let want = (max_bytes as u64).min(view.len - pos).max(first_total);
     out.resize(want as usize, 0);
-    file.read_exact_at(out, pos).map_err(io_err)?;
+    view.file.read_exact_at(out, pos).map_err(io_err)?;
     let mut end = 0usize;
     while end + HEADER_BYTES <= out.len() {
+        let at = pos + end as u64;
         let h = BatchHeader::parse(&out[end..]).expect("length checked");
         let total = h.total_bytes() as usize;
-        if h.base_offset() >= hwm || end + total > out.len() {
+        let problem = view.header_problem(&h, at, expected);
+        if problem.is_none() && h.base_offset() >= hwm {
             break;
         }
-        let bytes = &out[end..end + total];
-        let checked = if total < HEADER_BYTES {
-            Err(format!("bad batch length {}", h.batch_length()))
-        } else {
-            batch::check_header(&h)
-                .and_then(|()| batch::check_crc(&h, bytes))
-                .map_err(|e| e.to_string())
+        let mut checked = match problem {
+            Some(reason) => Err(reason),
+            None if end + total > out.len() => break,
+            None => batch::check_header(&h)
+                .and_then(|()| batch::check_crc(&h, &out[end..end + total]))
+                .map_err(|e| e.to_string()),
         };
+        // A batch that starts above the expected offset, followed by one that starts
+        // where it should have ended: its own `baseOffset` is damaged.
+        if checked.is_ok() && h.base_offset() > expected && end + total + HEADER_BYTES <= out.len()
+        {
+            let next = BatchHeader::parse(&out[end + total..]).expect("length checked");
+            if Passed::of(&h, at, expected).explains(&next) {
+                checked = Err(format!(
+                    "batch offset {} does not continue the log (expected {expected})",
+                    h.base_offset_raw()
+                ));
+            }
+        }
         if let Err(reason) = checked {
-            let at = pos + end as u64;
             if end == 0 {
                 out.clear();
                 return Err(corrupt(path, at, reason));
@@ -1357,6 +1466,7 @@ fn read_batches(
             error!(path = %path.display(), position = at, %reason, "corrupt batch; serving only the batches before it");
             break;
         }
+        expected = h.last_offset().plus(1);
         end += total;
     }
     out.truncate(end);

@@ -260,11 +260,19 @@ impl Partition {
                         env.record(RecoveryEvent::IndexRebuilt { path: path.clone() });
                     }
                     rebuilt.push(base);
+                    // Only where the recovery point is known: without it, a legitimate
+                    // gap cannot be told from a damaged `baseOffset`.
+                    let gap_max = if k + 1 == bases.len() && durable > Offset(0) {
+                        durable
+                    } else {
+                        Offset(u64::MAX)
+                    };
                     let span = SegmentSpan {
                         dir,
                         path: &path,
                         base,
                         limit,
+                        gap_max,
                         interval,
                     };
                     let (stats, cut, new_file) = recover_segment(&env, &span, file, durable)?;
@@ -323,14 +331,14 @@ impl Partition {
             .max(first)
             .min(end);
         let state = State::new(segments, log_start);
-        Ok(Partition::from_parts(
-            topic,
-            id,
-            dir.to_path_buf(),
-            env,
-            config,
-            state,
-        ))
+        let partition = Partition::from_parts(topic, id, dir.to_path_buf(), env, config, state);
+        if !clean {
+            // Everything recovered is durable now (the tail was synced above): the
+            // recovery point moves to the end at once, so a gap recovery left (a
+            // quarantined batch, a raised end) lies below it at the next open.
+            partition.checkpoint_recovery_point(None)?;
+        }
+        Ok(partition)
     }
 }
 
@@ -372,6 +380,8 @@ struct SegmentSpan<'a> {
     base: Offset,
     /// The next segment's base: the first offset this one may not hold.
     limit: Offset,
+    /// The highest offset a batch may start at after a gap (see [`segment::scan`]).
+    gap_max: Offset,
     interval: u32,
 }
 
@@ -391,7 +401,8 @@ fn recover_segment(
     loop {
         let len = file.len().map_err(io_err)?;
         let (mut stats, stop) =
-            segment::scan(&*file, seg.base, seg.interval, seg.limit).map_err(io_err)?;
+            segment::scan(&*file, seg.base, seg.interval, seg.limit, seg.gap_max)
+                .map_err(io_err)?;
         let Some(stop) = stop else {
             return Ok((stats, false, file));
         };

@@ -284,14 +284,25 @@ pub(crate) struct ScanStop {
 /// Walks every batch of a segment, checking framing, magic, counts, CRC and offsets,
 /// and rebuilds the segment's stats. Stops at the first bad batch. `limit` is the first
 /// offset the segment may not hold (the next segment's base; `Offset(u64::MAX)` for the
-/// last one).
+/// last one). A batch may start above the offset expected (a gap: compaction, a
+/// quarantined batch, a raised log end) only at or below `gap_max`: for the last
+/// segment, the recovery point, which every such gap lies below once recovery rewrote
+/// it; a gap above it is a damaged `baseOffset` that no later batch contradicts.
 pub(crate) fn scan(
     file: &dyn StorageFile,
     base: Offset,
     index_interval_bytes: u32,
     limit: Offset,
+    gap_max: Offset,
 ) -> io::Result<(SegmentStats, Option<ScanStop>)> {
-    let (stats, stop) = scan_until(file, base, index_interval_bytes, Offset(u64::MAX), limit)?;
+    let (stats, stop) = scan_until(
+        file,
+        base,
+        index_interval_bytes,
+        Offset(u64::MAX),
+        limit,
+        gap_max,
+    )?;
     match stop {
         // The batch before the stop is the one to blame: rescan up to it.
         Some(stop) if stop.position < stats.size => {
@@ -359,6 +370,7 @@ pub(crate) fn scan_until(
     index_interval_bytes: u32,
     end: Offset,
     limit: Offset,
+    gap_max: Offset,
 ) -> io::Result<(SegmentStats, Option<ScanStop>)> {
     let len = file.len()?;
     let mut stats = SegmentStats::empty(base);
@@ -405,6 +417,14 @@ pub(crate) fn scan_until(
                     }),
                 ));
             }
+            return Ok((stats, Some(stop(reason))));
+        }
+        if header.base_offset() > stats.next_offset && header.base_offset() > gap_max {
+            let reason = format!(
+                "batch offset {} leaves a gap after the expected {} above the recovery point {gap_max}",
+                header.base_offset_raw(),
+                stats.next_offset
+            );
             return Ok((stats, Some(stop(reason))));
         }
         let Some(bytes) = reader.get(pos, total as usize)? else {

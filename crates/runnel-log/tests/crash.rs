@@ -330,6 +330,96 @@ fn a_damaged_length_in_a_sealed_segment_is_stepped_over_too() {
     assert_eq!(all, want);
 }
 
+/// A closed log of 40 one-record batches in small segments, the first segment damaged
+/// by `damage` (given the file and its batch positions) after a clean shutdown, so that
+/// open trusts it and only reads can meet the damage. Returns the offsets read back.
+fn read_back_after_damage(damage: impl FnOnce(&Sim, &std::path::Path, &[usize])) -> Vec<u64> {
+    let sim = Sim::new(small_segments());
+    let log = sim.open();
+    log.create_topic("t", 1, &no_overrides()).unwrap();
+    let p = log.partition("t", PartitionId(0)).unwrap();
+    for i in 0..40 {
+        p.append(&batch(1, 300, 0, i)).unwrap();
+    }
+    drop(p);
+    log.close().unwrap();
+    let first = sim.segment_files("t", 0).remove(0);
+    let positions = batch_positions(&sim.storage.file_bytes(&first).unwrap());
+    assert!(positions.len() >= 6, "{positions:?}");
+    damage(&sim, &first, &positions);
+    let log = sim.open();
+    let got = read_all(&log, "t", 0, 0);
+    for (base, _, tag) in &got {
+        assert_eq!(*base, u64::from(*tag), "served at the wrong offset");
+    }
+    got.iter().map(|b| b.0).collect()
+}
+
+fn all_but(lost: u64) -> Vec<u64> {
+    (0..40).filter(|&o| o != lost).collect()
+}
+
+#[test]
+fn a_damaged_base_offset_in_a_trusted_segment_is_never_served_at_a_wrong_offset() {
+    // baseOffset is bytes 0..8 (big-endian) and outside the CRC.
+    // Up by one (2 -> 3): the next batch contradicts it.
+    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 7, 0));
+    assert_eq!(got, all_but(2));
+    // Down (3 -> 1): below the expected offset.
+    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[3] + 7, 1));
+    assert_eq!(got, all_but(3));
+    // A high bit: far outside the segment.
+    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 2, 4));
+    assert_eq!(got, all_but(2));
+}
+
+#[test]
+fn a_damaged_length_in_a_trusted_segment_costs_only_its_batch() {
+    // batchLength is bytes 8..12, outside the CRC: longer (into the next batch) and
+    // shorter.
+    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 11, 5));
+    assert_eq!(got, all_but(2));
+    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 11, 3));
+    assert_eq!(got, all_but(2));
+}
+
+#[test]
+fn a_read_that_walks_past_a_damaged_length_blames_that_batch_not_where_it_lands() {
+    // An index entry every few batches: a read walks the headers from the entry below
+    // its offset, and open replays only what follows the last entry.
+    let sim = Sim::new(TopicConfig {
+        segment_bytes: 1 << 20,
+        index_interval_bytes: 1000,
+        ..TopicConfig::default()
+    });
+    let log = sim.open();
+    log.create_topic("t", 1, &no_overrides()).unwrap();
+    let p = log.partition("t", PartitionId(0)).unwrap();
+    for i in 0..30 {
+        p.append(&batch(1, 300, 0, i)).unwrap();
+    }
+    drop(p);
+    log.close().unwrap();
+    let seg = sim.segment_files("t", 0).remove(0);
+    let positions = batch_positions(&sim.storage.file_bytes(&seg).unwrap());
+    // batchLength + 512: a walk from batch 10 lands inside batch 12.
+    sim.storage.flip_bit(&seg, positions[10] + 10, 1);
+    let log = sim.open();
+    assert!(
+        log.recovery_events().is_empty(),
+        "{:?}",
+        log.recovery_events()
+    );
+    let p = log.partition("t", PartitionId(0)).unwrap();
+    for want in (0..30u64).filter(|&o| o != 10) {
+        let r = p.read(Offset(want), 1 << 20).unwrap();
+        let got = split(&r.bytes);
+        assert_eq!(got[0].0, want, "read at {want}: {got:?}");
+    }
+    let all: Vec<u64> = read_all(&log, "t", 0, 0).iter().map(|b| b.0).collect();
+    assert_eq!(all, (0..30).filter(|&o| o != 10).collect::<Vec<_>>());
+}
+
 #[test]
 fn missing_or_corrupt_index_files_are_rebuilt() {
     let sim = Sim::new(small_segments());
