@@ -177,18 +177,6 @@ fn a_torn_final_write_is_cut_and_reported() {
 }
 
 /// Byte position of each batch in a segment file.
-fn batch_positions(bytes: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        out.push(pos);
-        pos += runnel_log::batch::BatchHeader::parse(&bytes[pos..])
-            .unwrap()
-            .total_bytes() as usize;
-    }
-    out
-}
-
 #[test]
 fn a_flipped_bit_in_the_tail_segment_cuts_the_log_at_the_last_good_batch() {
     let mut sim = Sim::new(TopicConfig::default());
@@ -355,32 +343,28 @@ fn read_back_after_damage(damage: impl FnOnce(&Sim, &std::path::Path, &[usize]))
     got.iter().map(|b| b.0).collect()
 }
 
-fn all_but(lost: u64) -> Vec<u64> {
-    (0..40).filter(|&o| o != lost).collect()
-}
-
 #[test]
-fn a_damaged_base_offset_in_a_trusted_segment_is_never_served_at_a_wrong_offset() {
-    // baseOffset is bytes 0..8 (big-endian) and outside the CRC.
-    // Up by one (2 -> 3): the next batch contradicts it.
-    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 7, 0));
-    assert_eq!(got, all_but(2));
-    // Down (3 -> 1): below the expected offset.
-    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[3] + 7, 1));
-    assert_eq!(got, all_but(3));
-    // A high bit: far outside the segment.
-    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 2, 4));
-    assert_eq!(got, all_but(2));
-}
-
-#[test]
-fn a_damaged_length_in_a_trusted_segment_costs_only_its_batch() {
-    // batchLength is bytes 8..12, outside the CRC: longer (into the next batch) and
-    // shorter.
-    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 11, 5));
-    assert_eq!(got, all_but(2));
-    let got = read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[2] + 11, 3));
-    assert_eq!(got, all_but(2));
+fn damaged_fields_outside_the_crc_in_a_trusted_segment_cost_only_their_batch() {
+    // (batch, byte of its header, bit, what it does). baseOffset is bytes 0..8 and
+    // batchLength bytes 8..12, big-endian; neither is covered by the CRC.
+    let cases = [
+        (
+            2,
+            7,
+            0,
+            "baseOffset up by one: the next batch contradicts it",
+        ),
+        (3, 7, 1, "baseOffset down by two: below the expected offset"),
+        (2, 2, 4, "a high bit of baseOffset: far outside the segment"),
+        (2, 11, 5, "batchLength longer, into the next batch"),
+        (2, 11, 3, "batchLength longer or shorter by 8"),
+    ];
+    for (victim, byte, bit, what) in cases {
+        let got =
+            read_back_after_damage(|sim, f, pos| sim.storage.flip_bit(f, pos[victim] + byte, bit));
+        let want: Vec<u64> = (0..40).filter(|&o| o != victim as u64).collect();
+        assert_eq!(got, want, "{what}");
+    }
 }
 
 #[test]

@@ -35,18 +35,6 @@ fn acknowledged_log() -> (Sim, PathBuf, Vec<usize>) {
     (sim, seg, positions)
 }
 
-fn batch_positions(bytes: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        out.push(pos);
-        pos += runnel_log::batch::BatchHeader::parse(&bytes[pos..])
-            .unwrap()
-            .total_bytes() as usize;
-    }
-    out
-}
-
 fn quarantined(log: &Log) -> Vec<(u64, std::ops::Range<u64>, PathBuf)> {
     log.recovery_events()
         .into_iter()

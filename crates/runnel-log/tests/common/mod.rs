@@ -136,3 +136,16 @@ fn first_value_byte(b: &[u8]) -> u8 {
     }
     rec[i + 1]
 }
+
+/// Each batch's position in a segment file's bytes.
+pub fn batch_positions(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        out.push(pos);
+        pos += runnel_log::batch::BatchHeader::parse(&bytes[pos..])
+            .unwrap()
+            .total_bytes() as usize;
+    }
+    out
+}
