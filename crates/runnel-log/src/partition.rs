@@ -785,6 +785,11 @@ impl Partition {
             end: seg_end,
         };
         let (mut pos, mut expected) = (start_pos, start_offset);
+        if pos > 0 && !self.index_entry_holds(&view, pos, expected)? {
+            // The index file was damaged since it was checked (only its shape is, at
+            // open): walk from the segment's start instead.
+            (pos, expected) = (0, base);
+        }
         // Each step passes one damaged batch: at most one per byte of the segment.
         while pos < len {
             match read_batches(&view, pos, expected, offset, hwm, max_bytes, out) {
@@ -813,6 +818,30 @@ impl Partition {
             Some(next) if next > offset => self.read_into(next, max_bytes, out),
             _ => Ok((hwm, log_start)),
         }
+    }
+
+    /// Whether the batch at `pos` (an offset index entry's position) starts exactly at
+    /// `offset` (the entry's offset), as every entry promises. The first time one does
+    /// not, it is logged: the segment's reads then walk from its start.
+    fn index_entry_holds(&self, view: &SegmentView<'_>, pos: u64, offset: Offset) -> Result<bool> {
+        let mut head = [0u8; HEADER_BYTES];
+        if pos + HEADER_BYTES as u64 > view.len {
+            return Ok(false);
+        }
+        view.file
+            .read_exact_at(&mut head, pos)
+            .map_err(|e| LogError::io("read", view.path, e))?;
+        let h = BatchHeader::parse(&head).expect("length checked");
+        let holds = h.magic() == batch::MAGIC_V2 && h.base_offset_raw() == offset.0 as i64;
+        // Logged once per segment: the key's position is one no batch can have.
+        if !holds
+            && lock(&self.damaged)
+                .insert((view.base, u64::MAX), 0)
+                .is_none()
+        {
+            error!(topic = %self.topic, partition = self.id.0, path = %view.path.display(), position = pos, offset = offset.0, "the offset index does not match the segment; reads of this segment walk it from its start (delete the .index file to have it rebuilt at the next open)");
+        }
+        Ok(holds)
     }
 
     /// Where the next valid batch starts after a damaged one that a read met at

@@ -405,6 +405,39 @@ fn a_read_that_walks_past_a_damaged_length_blames_that_batch_not_where_it_lands(
 }
 
 #[test]
+fn an_index_whose_entries_point_into_the_middle_of_batches_is_not_believed() {
+    let sim = Sim::new(small_segments());
+    let log = sim.open();
+    log.create_topic("t", 1, &no_overrides()).unwrap();
+    let p = log.partition("t", PartitionId(0)).unwrap();
+    for i in 0..40 {
+        p.append(&batch(1, 300, 0, i)).unwrap();
+    }
+    drop(p);
+    log.close().unwrap();
+    // Well formed (entries grow, inside the file) but every position but the last moved
+    // 20 bytes on: open checks a sealed segment's index by its shape and by replaying
+    // from its last entry only.
+    let first = sim.segment_files("t", 0).remove(0);
+    let index = first.with_extension("index");
+    let mut bytes = sim.storage.file_bytes(&index).unwrap();
+    assert!(bytes.len() >= 24, "the segment has index entries");
+    let last = bytes.len() - 8;
+    for e in bytes[..last].chunks_exact_mut(8) {
+        let pos = u32::from_be_bytes(e[4..8].try_into().unwrap()) + 20;
+        e[4..8].copy_from_slice(&pos.to_be_bytes());
+    }
+    sim.storage.set_file_bytes(&index, bytes);
+    let log = sim.open();
+    let p = log.partition("t", PartitionId(0)).unwrap();
+    for o in 0..40u64 {
+        let got = split(&p.read(Offset(o), 1).unwrap().bytes);
+        assert_eq!(got[0].0, o, "read at {o}");
+    }
+    assert_eq!(read_all(&log, "t", 0, 0).len(), 40);
+}
+
+#[test]
 fn missing_or_corrupt_index_files_are_rebuilt() {
     let sim = Sim::new(small_segments());
     let log = sim.open();
