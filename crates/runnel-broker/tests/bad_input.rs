@@ -16,21 +16,19 @@ use std::net::Shutdown;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use common::raw::{Client, framed, request_frame};
+use common::requests::{create_topic, fetch_request, produce_request, topic_name};
 use common::{TempDir, TestBroker};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, FetchRequest,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProducerId, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProducerId,
+    ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_broker::SUPPORTED;
 use runnel_log::batch::{KeyValue, build_batch, seal_crc};
@@ -43,7 +41,6 @@ const MESSAGE_TOO_LARGE: i16 = 10;
 const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const INVALID_REQUIRED_ACKS: i16 = 21;
 const UNSUPPORTED_VERSION: i16 = 35;
-const TOPIC_ALREADY_EXISTS: i16 = 36;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_RECORD: i16 = 87;
@@ -116,7 +113,7 @@ impl Fixture {
     fn finish(self) {
         let mut c = self.connect();
         let topic = "survivor";
-        create_topic(&mut c, topic, 1, &[]);
+        create_topic(&mut c, topic, 1, &[], CREATE_TOPICS_V);
         let before = log_end(&mut c, topic, 0);
         let batch = build_batch(&[(Some(b"k"), Some(b"still serving"))], now_ms());
         let p = produce_one(&mut c, topic, 0, &batch, -1);
@@ -140,10 +137,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
 // ---------------------------------------------------------------------------------------
 // Request builders and one-call helpers.
 // ---------------------------------------------------------------------------------------
@@ -161,47 +154,11 @@ fn assert_api_versions_ok(c: &mut Client) {
 
 fn metadata(c: &mut Client, topic: &str, auto_create: bool) -> MetadataResponse {
     let mut t = MetadataRequestTopic::default();
-    t.name = Some(name(topic));
+    t.name = Some(topic_name(topic));
     let mut req = MetadataRequest::default();
     req.topics = Some(vec![t]);
     req.allow_auto_topic_creation = auto_create;
     c.call(&req, METADATA_V)
-}
-
-fn create_topic(c: &mut Client, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut t = CreatableTopic::default();
-    t.name = name(topic);
-    t.num_partitions = partitions;
-    t.replication_factor = 1;
-    t.configs = configs
-        .iter()
-        .map(|(k, v)| {
-            let mut c = CreatableTopicConfig::default();
-            c.name = StrBytes::from_string((*k).to_string());
-            c.value = Some(StrBytes::from_string((*v).to_string()));
-            c
-        })
-        .collect();
-    let mut req = CreateTopicsRequest::default();
-    req.topics = vec![t];
-    req.timeout_ms = 5_000;
-    let r = c.call(&req, CREATE_TOPICS_V);
-    let code = r.topics[0].error_code;
-    assert!(code == NONE || code == TOPIC_ALREADY_EXISTS, "{r:?}");
-}
-
-fn produce_request(topic: &str, partition: i32, batch: &[u8], acks: i16) -> ProduceRequest {
-    let mut p = PartitionProduceData::default();
-    p.index = partition;
-    p.records = Some(Bytes::copy_from_slice(batch));
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = acks;
-    req.timeout_ms = 5_000;
-    req.topic_data = vec![t];
-    req
 }
 
 /// Produces one batch to one partition and returns that partition's answer.
@@ -227,7 +184,7 @@ fn log_end(c: &mut Client, topic: &str, partition: i32) -> i64 {
     p.partition_index = partition;
     p.timestamp = -1;
     let mut t = ListOffsetsTopic::default();
-    t.name = name(topic);
+    t.name = topic_name(topic);
     t.partitions = vec![p];
     let mut req = ListOffsetsRequest::default();
     req.replica_id = BrokerId(-1);
@@ -240,19 +197,7 @@ fn log_end(c: &mut Client, topic: &str, partition: i32) -> i64 {
 
 /// The values of every record from `offset` on, by a Fetch that does not wait.
 fn fetch_values(c: &mut Client, topic: &str, partition: i32, offset: i64) -> Vec<Vec<u8>> {
-    let mut p = FetchPartition::default();
-    p.partition = partition;
-    p.fetch_offset = offset;
-    p.partition_max_bytes = 1 << 20;
-    let mut t = FetchTopic::default();
-    t.topic = name(topic);
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = 0;
-    req.min_bytes = 0;
-    req.max_bytes = 1 << 20;
-    req.topics = vec![t];
+    let req = fetch_request(topic, partition, offset, 1 << 20, 0);
     let r = c.call(&req, FETCH_V);
     assert_eq!(r.error_code, NONE, "{r:?}");
     let data = &r.responses[0].partitions[0];
@@ -379,7 +324,7 @@ fn frame_over_frame_bytes_max_closes_its_connection() {
     const LIMIT: usize = 1024;
     let f = Fixture::start_with("frame-limit", |c| c.frame_bytes_max = LIMIT);
     let mut healthy = f.healthy_connection();
-    create_topic(&mut healthy, "limited", 1, &[]);
+    create_topic(&mut healthy, "limited", 1, &[], CREATE_TOPICS_V);
 
     let at_limit = produce_frame_of("limited", LIMIT, 1000);
     let mut ok = f.connect();
@@ -576,7 +521,7 @@ fn invalid_topic_name_is_invalid_topic_in_metadata_and_unknown_in_produce() {
 fn corrupt_or_truncated_batch_gets_corrupt_message() {
     let f = Fixture::start("crc");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "crc", 1, &[]);
+    create_topic(&mut c, "crc", 1, &[], CREATE_TOPICS_V);
     let good = small_batch(b"payload");
 
     let mut flipped = good.clone();
@@ -604,7 +549,13 @@ fn corrupt_or_truncated_batch_gets_corrupt_message() {
 fn batch_over_max_message_bytes_gets_message_too_large() {
     let f = Fixture::start("too-large");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "small", 1, &[("max.message.bytes", "1024")]);
+    create_topic(
+        &mut c,
+        "small",
+        1,
+        &[("max.message.bytes", "1024")],
+        CREATE_TOPICS_V,
+    );
     let big = small_batch(&[b'x'; 2000]);
     let p = produce_one(&mut c, "small", 0, &big, -1);
     assert_eq!(p.error_code, MESSAGE_TOO_LARGE, "{p:?}");
@@ -618,7 +569,7 @@ fn batch_over_max_message_bytes_gets_message_too_large() {
 fn invalid_acks_gets_invalid_required_acks_for_every_partition() {
     let f = Fixture::start("acks");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "acks", 2, &[]);
+    create_topic(&mut c, "acks", 2, &[], CREATE_TOPICS_V);
     for acks in [5, 2, -2, i16::MIN] {
         let mut req = produce_request("acks", 0, &small_batch(b"v"), acks);
         let mut second = req.topic_data[0].partition_data[0].clone();
@@ -647,7 +598,7 @@ fn invalid_acks_gets_invalid_required_acks_for_every_partition() {
 fn batch_with_magic_other_than_2_gets_invalid_record() {
     let f = Fixture::start("magic");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "magic", 1, &[]);
+    create_topic(&mut c, "magic", 1, &[], CREATE_TOPICS_V);
     for magic in [0u8, 1, 3, 0xff] {
         let mut b = small_batch(b"v");
         b[16] = magic;
@@ -672,7 +623,7 @@ fn unknown_topic_or_partition_without_auto_create_gets_unknown_topic_or_partitio
     let p = produce_one(&mut c, "nowhere", 0, &small_batch(b"v"), -1);
     assert_eq!(p.error_code, UNKNOWN_TOPIC_OR_PARTITION, "still unknown");
 
-    create_topic(&mut c, "somewhere", 1, &[]);
+    create_topic(&mut c, "somewhere", 1, &[], CREATE_TOPICS_V);
     for partition in [1, 7, -1, i32::MAX, i32::MIN] {
         let p = produce_one(&mut c, "somewhere", partition, &small_batch(b"v"), -1);
         assert_eq!(
@@ -703,14 +654,14 @@ fn batches_with_lying_counts_are_refused_and_list_offsets_survives() {
     let headers_lie = batch_from_records(&headers_lie, 1);
     let count_lie = batch_from_records(&build_batch(&[(None, Some(b"v"))], 0)[61..], i32::MAX);
     for (topic, batch) in [("count-lie", count_lie), ("headers-lie", headers_lie)] {
-        create_topic(&mut c, topic, 1, &[]);
+        create_topic(&mut c, topic, 1, &[], CREATE_TOPICS_V);
         let p = produce_one(&mut c, topic, 0, &batch, -1);
         assert_eq!(p.error_code, INVALID_RECORD, "{topic}: {p:?}");
         let mut part = ListOffsetsPartition::default();
         part.partition_index = 0;
         part.timestamp = 0;
         let mut t = ListOffsetsTopic::default();
-        t.name = name(topic);
+        t.name = topic_name(topic);
         t.partitions = vec![part];
         let mut req = ListOffsetsRequest::default();
         req.replica_id = BrokerId(-1);
@@ -740,7 +691,7 @@ fn batch_from_records(records: &[u8], count: i32) -> Vec<u8> {
 fn acks_0_produce_gets_no_response() {
     let f = Fixture::start("acks0");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "quiet", 1, &[]);
+    create_topic(&mut c, "quiet", 1, &[], CREATE_TOPICS_V);
     let silent = c.send(
         &produce_request("quiet", 0, &small_batch(b"v"), 0),
         PRODUCE_V,
@@ -764,7 +715,7 @@ const TWO: &[KeyValue<'static>] = &[(Some(b"a"), Some(b"1")), (Some(b"b"), Some(
 fn idempotent_retry_of_the_same_batch_returns_the_original_offset() {
     let f = Fixture::start("idem-dup");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "idem", 1, &[]);
+    create_topic(&mut c, "idem", 1, &[], CREATE_TOPICS_V);
     let (pid, epoch) = init_producer_id(&mut c, -1, -1);
     assert!(pid >= 0);
     assert_eq!(epoch, 0);
@@ -799,7 +750,7 @@ fn idempotent_retry_of_the_same_batch_returns_the_original_offset() {
 fn idempotent_sequence_gap_gets_out_of_order_sequence_number() {
     let f = Fixture::start("idem-gap");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "gap", 1, &[]);
+    create_topic(&mut c, "gap", 1, &[], CREATE_TOPICS_V);
     let (pid, epoch) = init_producer_id(&mut c, -1, -1);
     let p = produce_one(&mut c, "gap", 0, &idempotent_batch(TWO, pid, epoch, 0), -1);
     assert_eq!(p.error_code, NONE, "{p:?}");
@@ -822,7 +773,7 @@ fn idempotent_sequence_gap_gets_out_of_order_sequence_number() {
 fn idempotent_batch_from_an_older_epoch_gets_invalid_producer_epoch() {
     let f = Fixture::start("idem-epoch");
     let mut c = f.healthy_connection();
-    create_topic(&mut c, "epoch", 1, &[]);
+    create_topic(&mut c, "epoch", 1, &[], CREATE_TOPICS_V);
     let (pid, old) = init_producer_id(&mut c, -1, -1);
     let p = produce_one(&mut c, "epoch", 0, &idempotent_batch(TWO, pid, old, 0), -1);
     assert_eq!(p.error_code, NONE, "{p:?}");
@@ -869,7 +820,7 @@ fn broker_still_produces_and_fetches_after_a_barrage_of_bad_input() {
         bad.expect_closed(&format!("{bytes:02x?}"));
     }
     let mut c = f.connect();
-    create_topic(&mut c, "barrage", 1, &[]);
+    create_topic(&mut c, "barrage", 1, &[], CREATE_TOPICS_V);
     let good = small_batch(b"v");
     let mut corrupt = good.clone();
     corrupt[good.len() - 1] ^= 1;

@@ -19,22 +19,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::raw::{Client, request_frame};
+use common::requests::{create_topic, produce_request, topic_name};
 use common::{TempDir, TestBroker};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiVersionsRequest, BrokerId, CreateTopicsRequest, FetchRequest, FetchResponse, ProduceRequest,
-    TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiVersionsRequest, BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_broker::BrokerConfig;
 use runnel_log::batch::build_batch;
 
 const NONE: i16 = 0;
-const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 const API_VERSIONS_V: i16 = 3;
 const PRODUCE_V: i16 = 9;
@@ -124,10 +118,6 @@ fn admitted(f: &Fixture) -> bool {
     }
 }
 
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -135,31 +125,8 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn create_topic(c: &mut Client, topic: &str, partitions: i32) {
-    let mut t = CreatableTopic::default();
-    t.name = name(topic);
-    t.num_partitions = partitions;
-    t.replication_factor = 1;
-    let mut req = CreateTopicsRequest::default();
-    req.topics = vec![t];
-    req.timeout_ms = 5_000;
-    let r = c.call(&req, CREATE_TOPICS_V);
-    let code = r.topics[0].error_code;
-    assert!(code == NONE || code == TOPIC_ALREADY_EXISTS, "{r:?}");
-}
-
 fn produce(c: &mut Client, topic: &str, partition: i32, batch: &[u8]) {
-    let mut p = PartitionProduceData::default();
-    p.index = partition;
-    p.records = Some(Bytes::copy_from_slice(batch));
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = -1;
-    req.timeout_ms = 5_000;
-    req.topic_data = vec![t];
-    let r = c.call(&req, PRODUCE_V);
+    let r = c.call(&produce_request(topic, partition, batch, -1), PRODUCE_V);
     let code = r.responses[0].partition_responses[0].error_code;
     assert_eq!(code, NONE, "{r:?}");
 }
@@ -174,7 +141,7 @@ fn fetch_request(
     min_bytes: i32,
 ) -> FetchRequest {
     let mut t = FetchTopic::default();
-    t.topic = name(topic);
+    t.topic = topic_name(topic);
     t.partitions = partitions
         .iter()
         .map(|&i| {
@@ -235,7 +202,7 @@ fn idle_connection_is_closed_but_active_and_long_polling_ones_are_not() {
     const HOLD_MS: i32 = 5_000;
     let f = Fixture::start_with("idle", |c| c.connection_idle_ms_max = IDLE_MS);
     let mut active = f.served_connection();
-    create_topic(&mut active, "quiet", 1);
+    create_topic(&mut active, "quiet", 1, &[], CREATE_TOPICS_V);
 
     let idle = f.served_connection();
     let mut polling = f.served_connection();
@@ -379,7 +346,7 @@ fn fetch_is_bounded_by_fetch_bytes_max_and_returns_at_least_one_batch() {
     const BATCHES: usize = 12;
     let f = Fixture::start_with("fetch-cap", |c| c.fetch_bytes_max = CAP);
     let mut c = f.served_connection();
-    create_topic(&mut c, "full", 2);
+    create_topic(&mut c, "full", 2, &[], CREATE_TOPICS_V);
     let value = vec![b'x'; 12 << 10];
     let batch = build_batch(&[(None, Some(&value[..]))], now_ms());
     for partition in 0..2 {
@@ -430,7 +397,7 @@ fn fetch_is_bounded_by_fetch_bytes_max_and_returns_at_least_one_batch() {
         .collect();
     assert_eq!(batches, vec![2, 2], "{r:?}");
 
-    create_topic(&mut c, "big", 1);
+    create_topic(&mut c, "big", 1, &[], CREATE_TOPICS_V);
     let big_value = vec![b'y'; 2 * CAP];
     let big = build_batch(&[(None, Some(&big_value[..]))], now_ms());
     produce(&mut c, "big", 0, &big);

@@ -11,18 +11,12 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::TestBroker;
 use common::raw::Client;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use common::requests::{create_topic, fetch_request, produce_request, topic_name};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
-use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest};
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_core::records::KafkaCodecs;
 use runnel_log::BatchCodec;
@@ -32,7 +26,6 @@ use runnel_log::codec::decompressed_bytes_max;
 const NONE: i16 = 0;
 const CORRUPT_MESSAGE: i16 = 2;
 const MESSAGE_TOO_LARGE: i16 = 10;
-const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 const PRODUCE_V: i16 = 9;
 const FETCH_V: i16 = 12;
@@ -46,45 +39,9 @@ const MAX_MESSAGE_BYTES: u32 = 64 << 10;
 /// What the bomb expands to.
 const BOMB_BYTES: usize = 32 << 20;
 
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-fn create_topic(c: &mut Client, topic: &str, configs: &[(&str, &str)]) {
-    let mut t = CreatableTopic::default();
-    t.name = name(topic);
-    t.num_partitions = 1;
-    t.replication_factor = 1;
-    t.configs = configs
-        .iter()
-        .map(|(k, v)| {
-            let mut c = CreatableTopicConfig::default();
-            c.name = StrBytes::from_string((*k).to_string());
-            c.value = Some(StrBytes::from_string((*v).to_string()));
-            c
-        })
-        .collect();
-    let mut req = CreateTopicsRequest::default();
-    req.topics = vec![t];
-    req.timeout_ms = 5_000;
-    let r = c.call(&req, CREATE_TOPICS_V);
-    let code = r.topics[0].error_code;
-    assert!(code == NONE || code == TOPIC_ALREADY_EXISTS, "{r:?}");
-}
-
 /// Produces one batch to partition 0 of `topic` and returns the partition's answer.
 fn produce(c: &mut Client, topic: &str, batch: &[u8]) -> PartitionProduceResponse {
-    let mut p = PartitionProduceData::default();
-    p.index = 0;
-    p.records = Some(Bytes::copy_from_slice(batch));
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = -1;
-    req.timeout_ms = 5_000;
-    req.topic_data = vec![t];
-    let r = c.call(&req, PRODUCE_V);
+    let r = c.call(&produce_request(topic, 0, batch, -1), PRODUCE_V);
     r.responses[0].partition_responses[0].clone()
 }
 
@@ -94,7 +51,7 @@ fn log_end(c: &mut Client, topic: &str) -> i64 {
     p.partition_index = 0;
     p.timestamp = -1;
     let mut t = ListOffsetsTopic::default();
-    t.name = name(topic);
+    t.name = topic_name(topic);
     t.partitions = vec![p];
     let mut req = ListOffsetsRequest::default();
     req.replica_id = BrokerId(-1);
@@ -107,20 +64,7 @@ fn log_end(c: &mut Client, topic: &str) -> i64 {
 
 /// Every record value of partition 0 from offset 0, by a Fetch that does not wait.
 fn fetch_values(c: &mut Client, topic: &str) -> Vec<Vec<u8>> {
-    let mut p = FetchPartition::default();
-    p.partition = 0;
-    p.fetch_offset = 0;
-    p.partition_max_bytes = 1 << 20;
-    let mut t = FetchTopic::default();
-    t.topic = name(topic);
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = 0;
-    req.min_bytes = 0;
-    req.max_bytes = 1 << 20;
-    req.topics = vec![t];
-    let r = c.call(&req, FETCH_V);
+    let r = c.call(&fetch_request(topic, 0, 0, 1 << 20, 0), FETCH_V);
     let data = &r.responses[0].partitions[0];
     assert_eq!(data.error_code, NONE, "{r:?}");
     let mut records = data.records.clone().expect("records are never null");
@@ -161,9 +105,17 @@ fn a_decompression_bomb_is_refused_and_the_broker_keeps_serving() {
     create_topic(
         &mut c,
         "compacted",
+        1,
         &[("cleanup.policy", "compact"), ("max.message.bytes", &max)],
+        CREATE_TOPICS_V,
     );
-    create_topic(&mut c, "deleting", &[("max.message.bytes", &max)]);
+    create_topic(
+        &mut c,
+        "deleting",
+        1,
+        &[("max.message.bytes", &max)],
+        CREATE_TOPICS_V,
+    );
 
     let bomb = zstd_batch(&KafkaCodecs.compress(ZSTD, &vec![0u8; BOMB_BYTES]).unwrap());
     assert!(

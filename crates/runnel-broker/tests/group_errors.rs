@@ -6,6 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::raw::Client;
+use common::requests::create_topic_request;
 use common::{TempDir, TestBroker};
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -158,15 +159,9 @@ fn fetch_committed(c: &mut Client, group_id: &str, topic: &str) -> (i64, String)
     )
 }
 
+/// Creates `name` with one partition; asserts it did not exist.
 fn create_topic(c: &mut Client, name: &str) {
-    let mut t = kafka_protocol::messages::create_topics_request::CreatableTopic::default();
-    t.name = TopicName(s(name));
-    t.num_partitions = 1;
-    t.replication_factor = 1;
-    let mut r = CreateTopicsRequest::default();
-    r.topics = vec![t];
-    r.timeout_ms = 5_000;
-    let resp = c.call(&r, CREATE_TOPICS_V);
+    let resp = c.call(&create_topic_request(name, 1, &[]), CREATE_TOPICS_V);
     assert_eq!(resp.topics[0].error_code, 0);
 }
 

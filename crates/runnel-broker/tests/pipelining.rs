@@ -4,41 +4,21 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::raw::Client;
+use common::requests::{produce_request, topic_name};
 use common::*;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    BrokerId, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, MetadataRequest, ProduceRequest};
 use runnel_log::batch::build_batch;
 
 const METADATA_V: i16 = 4;
 const PRODUCE_V: i16 = 9;
 const LIST_OFFSETS_V: i16 = 7;
 
-fn name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
-}
-
 fn produce(topic: &str, acks: i16, value: &[u8]) -> ProduceRequest {
-    let mut p = PartitionProduceData::default();
-    p.index = 0;
-    p.records = Some(Bytes::from(build_batch(
-        &[(None, Some(value))],
-        1_700_000_000_000,
-    )));
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut r = ProduceRequest::default();
-    r.acks = acks;
-    r.timeout_ms = 5000;
-    r.topic_data = vec![t];
-    r
+    let batch = build_batch(&[(None, Some(value))], 1_700_000_000_000);
+    produce_request(topic, 0, &batch, acks)
 }
 
 fn latest(topic: &str) -> ListOffsetsRequest {
@@ -46,7 +26,7 @@ fn latest(topic: &str) -> ListOffsetsRequest {
     p.partition_index = 0;
     p.timestamp = -1;
     let mut t = ListOffsetsTopic::default();
-    t.name = name(topic);
+    t.name = topic_name(topic);
     t.partitions = vec![p];
     let mut r = ListOffsetsRequest::default();
     r.replica_id = BrokerId(-1);
@@ -63,7 +43,7 @@ fn pipelined_produces_answer_in_order_and_a_later_list_offsets_sees_them_all() {
 
     // Metadata creates the topic, as it does for clients.
     let mut t = MetadataRequestTopic::default();
-    t.name = Some(name(topic));
+    t.name = Some(topic_name(topic));
     let mut m = MetadataRequest::default();
     m.topics = Some(vec![t]);
     m.allow_auto_topic_creation = true;

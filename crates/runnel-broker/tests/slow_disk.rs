@@ -17,20 +17,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::TempDir;
 use common::raw::Client;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use common::requests;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiVersionsRequest, CreateTopicsRequest, FetchRequest, GroupId, HeartbeatRequest,
-    JoinGroupRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    SyncGroupRequest, TopicName,
+    ApiVersionsRequest, CreateTopicsRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use runnel_broker::{BrokerConfig, Server};
@@ -217,29 +215,18 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
+/// Four partitions; the slow disk gets a minute, not the usual five seconds.
 fn create_topic_request(topic: &str) -> CreateTopicsRequest {
-    let mut t = CreatableTopic::default();
-    t.name = TopicName(s(topic));
-    t.num_partitions = 4;
-    t.replication_factor = 1;
-    let mut req = CreateTopicsRequest::default();
-    req.topics = vec![t];
+    let mut req = requests::create_topic_request(topic, 4, &[]);
     req.timeout_ms = 60_000;
     req
 }
 
+/// One record to partition 0, waiting up to a minute for the slow disk.
 fn produce_request(topic: &str) -> ProduceRequest {
     let batch = runnel_log::batch::build_batch(&[(Some(&b"k"[..]), Some(&b"v"[..]))], 1_000);
-    let mut p = PartitionProduceData::default();
-    p.index = 0;
-    p.records = Some(Bytes::from(batch));
-    let mut t = TopicProduceData::default();
-    t.name = TopicName(s(topic));
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = -1;
+    let mut req = requests::produce_request(topic, 0, &batch, -1);
     req.timeout_ms = 60_000;
-    req.topic_data = vec![t];
     req
 }
 
@@ -270,18 +257,7 @@ fn offset_fetch(c: &mut Client, group: &str, topic: &str) -> i64 {
 }
 
 fn fetch(c: &mut Client, topic: &str) -> usize {
-    let mut p = FetchPartition::default();
-    p.partition = 0;
-    p.fetch_offset = 0;
-    p.partition_max_bytes = 1 << 20;
-    let mut t = FetchTopic::default();
-    t.topic = TopicName(s(topic));
-    t.partitions = vec![p];
-    let mut r = FetchRequest::default();
-    r.max_wait_ms = 0;
-    r.max_bytes = 1 << 20;
-    r.topics = vec![t];
-    let resp = c.call(&r, 11);
+    let resp = c.call(&requests::fetch_request(topic, 0, 0, 1 << 20, 0), 11);
     let part = &resp.responses[0].partitions[0];
     assert_eq!(part.error_code, 0);
     part.records.as_ref().map_or(0, Bytes::len)

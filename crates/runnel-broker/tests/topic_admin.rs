@@ -15,20 +15,17 @@ mod common;
 
 use bytes::Bytes;
 use common::raw::Client;
+use common::requests::{create_topic_request, fetch_request, produce_request, topic_name};
 use common::{TempDir, TestBroker, python_scenario};
 use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
 };
-use kafka_protocol::messages::create_topics_request::{
-    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
-};
+use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment, CreatableTopic};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     AlterConfigsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
-    DescribeConfigsRequest, FetchRequest, MetadataRequest, ProduceRequest, TopicName,
+    DescribeConfigsRequest, MetadataRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -54,10 +51,6 @@ const GZIP: u8 = 1;
 const LZ4: u8 = 3;
 const ZSTD: u8 = 4;
 
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
@@ -66,7 +59,7 @@ fn str_bytes(s: &str) -> StrBytes {
 /// broker ids)`.
 fn with_assignment(topic: &str, assignment: &[(i32, &[i32])]) -> CreatableTopic {
     let mut t = CreatableTopic::default();
-    t.name = name(topic);
+    t.name = topic_name(topic);
     t.num_partitions = -1;
     t.replication_factor = -1;
     t.assignments = assignment
@@ -92,26 +85,14 @@ fn create(c: &mut Client, t: CreatableTopic, validate_only: bool) -> (i16, i32) 
 }
 
 fn create_with_configs(c: &mut Client, topic: &str, configs: &[(&str, &str)]) -> i16 {
-    let mut t = CreatableTopic::default();
-    t.name = name(topic);
-    t.num_partitions = 1;
-    t.replication_factor = 1;
-    t.configs = configs
-        .iter()
-        .map(|(k, v)| {
-            let mut c = CreatableTopicConfig::default();
-            c.name = str_bytes(k);
-            c.value = Some(str_bytes(v));
-            c
-        })
-        .collect();
-    create(c, t, false).0
+    let r = c.call(&create_topic_request(topic, 1, configs), CREATE_TOPICS_V);
+    r.topics[0].error_code
 }
 
 /// The partition count Metadata shows, `None` for an unknown topic.
 fn partition_count(c: &mut Client, topic: &str) -> Option<usize> {
     let mut t = kafka_protocol::messages::metadata_request::MetadataRequestTopic::default();
-    t.name = Some(name(topic));
+    t.name = Some(topic_name(topic));
     let mut req = MetadataRequest::default();
     req.topics = Some(vec![t]);
     req.allow_auto_topic_creation = false;
@@ -129,7 +110,7 @@ fn create_partitions(
     validate_only: bool,
 ) -> i16 {
     let mut t = CreatePartitionsTopic::default();
-    t.name = name(topic);
+    t.name = topic_name(topic);
     t.count = count;
     t.assignments = assignment.map(|a| {
         a.iter()
@@ -185,37 +166,14 @@ fn alter(c: &mut Client, topic: &str, configs: &[(&str, &str)]) -> i16 {
 
 /// Produces one batch to partition 0 of `topic`; returns the error code.
 fn produce(c: &mut Client, topic: &str, batch: &[u8]) -> i16 {
-    let mut p = PartitionProduceData::default();
-    p.index = 0;
-    p.records = Some(Bytes::copy_from_slice(batch));
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = -1;
-    req.timeout_ms = 5_000;
-    req.topic_data = vec![t];
-    let r = c.call(&req, PRODUCE_V);
+    let r = c.call(&produce_request(topic, 0, batch, -1), PRODUCE_V);
     r.responses[0].partition_responses[0].error_code
 }
 
 /// Partition 0's stored batches from offset 0, as a Fetch that does not wait returns
 /// them (at most 4 MiB).
 fn fetch_raw(c: &mut Client, topic: &str) -> Bytes {
-    let mut p = FetchPartition::default();
-    p.partition = 0;
-    p.fetch_offset = 0;
-    p.partition_max_bytes = 4 << 20;
-    let mut t = FetchTopic::default();
-    t.topic = name(topic);
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = 0;
-    req.min_bytes = 0;
-    req.max_bytes = 4 << 20;
-    req.topics = vec![t];
-    let r = c.call(&req, FETCH_V);
+    let r = c.call(&fetch_request(topic, 0, 0, 4 << 20, 0), FETCH_V);
     let data = &r.responses[0].partitions[0];
     assert_eq!(data.error_code, NONE, "{topic}: {r:?}");
     data.records.clone().expect("records are never null")

@@ -110,6 +110,8 @@ struct Inner {
     /// their files are durable. Creation does its I/O (an fsync per partition) without
     /// holding `topics`, which every produce and fetch reads.
     creating: Mutex<std::collections::BTreeSet<String>>,
+    /// Held while partitions are added to a topic.
+    adding_partitions: Mutex<()>,
     stop: Mutex<bool>,
     wake: Condvar,
     _lock: Box<dyn DirLock>,
@@ -191,6 +193,7 @@ impl Log {
             config,
             topics: RwLock::new(BTreeMap::new()),
             creating: Mutex::new(std::collections::BTreeSet::new()),
+            adding_partitions: Mutex::new(()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             _lock: lock,
@@ -397,6 +400,12 @@ impl Log {
             .topic(name)
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
         check_partition_count(total)?;
+        // One addition at a time: two would create the same partition directories.
+        let _adding = self
+            .inner
+            .adding_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let current = topic.partition_count();
         if total <= current {
             return Err(LogError::InvalidPartitions {
@@ -404,11 +413,20 @@ impl Log {
                 reason: format!("the topic already has {current} partitions"),
             });
         }
+        let storage = &*self.inner.env.storage;
         let mut added = Vec::new();
         for p in current..total {
+            // Left by an addition that failed (or crashed) before the metadata file
+            // committed it: nothing in it was ever part of the topic.
+            let dir = topic.dir.join(p.to_string());
+            if storage.exists(&dir) {
+                storage
+                    .remove_dir_all(&dir)
+                    .map_err(|e| LogError::io("remove", &dir, e))?;
+            }
             added.push(self.new_partition(&topic, p)?);
         }
-        write_meta(&*self.inner.env.storage, &topic, total)?;
+        write_meta(storage, &topic, total)?;
         write(&topic.partitions).extend(added);
         Ok(())
     }

@@ -472,6 +472,24 @@ fn a_failed_directory_sync_at_roll_poisons_the_partition() {
 }
 
 #[test]
+fn adding_partitions_again_after_a_failed_addition_works() {
+    let sim = Sim::new(TopicConfig::default());
+    let log = sim.open();
+    log.create_topic("t", 1, &no_overrides()).unwrap();
+    // The new partition's directory is made, then the metadata write fails.
+    sim.storage.fail_writes(true);
+    assert!(log.add_partitions("t", 2).is_err());
+    sim.storage.fail_writes(false);
+    assert_eq!(log.topic("t").unwrap().partition_count(), 1);
+    log.add_partitions("t", 2).unwrap();
+    let p = log.partition("t", PartitionId(1)).unwrap();
+    assert_eq!(
+        p.append(&batch(1, 10, 0, 0)).unwrap().base_offset,
+        Offset(0)
+    );
+}
+
+#[test]
 fn a_failed_write_leaves_nothing_behind() {
     let sim = Sim::new(TopicConfig::default());
     let log = sim.open();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod requests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

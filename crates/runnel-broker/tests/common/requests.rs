@@ -1,0 +1,99 @@
+//! Request builders shared by the raw-protocol tests: one topic, one partition, the
+//! fields the tests set spelled out once. The Kafka API version stays with each test:
+//! builders return the request for `Client::call`, and helpers that call take it.
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::raw::Client;
+
+const NONE: i16 = 0;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A CreateTopics of one topic, replication factor 1, with `configs` as its overrides.
+pub fn create_topic_request(
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> CreateTopicsRequest {
+    let mut t = CreatableTopic::default();
+    t.name = topic_name(topic);
+    t.num_partitions = partitions;
+    t.replication_factor = 1;
+    t.configs = configs
+        .iter()
+        .map(|(k, v)| {
+            let mut c = CreatableTopicConfig::default();
+            c.name = StrBytes::from_string((*k).to_string());
+            c.value = Some(StrBytes::from_string((*v).to_string()));
+            c
+        })
+        .collect();
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 5_000;
+    req
+}
+
+/// Creates `topic` by CreateTopics at `version`; asserts it was created or already exists.
+pub fn create_topic(
+    c: &mut Client,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+    version: i16,
+) {
+    let r = c.call(&create_topic_request(topic, partitions, configs), version);
+    let code = r.topics[0].error_code;
+    assert!(code == NONE || code == TOPIC_ALREADY_EXISTS, "{r:?}");
+}
+
+/// A Produce of one batch to one partition.
+pub fn produce_request(topic: &str, partition: i32, batch: &[u8], acks: i16) -> ProduceRequest {
+    let mut p = PartitionProduceData::default();
+    p.index = partition;
+    p.records = Some(Bytes::copy_from_slice(batch));
+    let mut t = TopicProduceData::default();
+    t.name = topic_name(topic);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 5_000;
+    req.topic_data = vec![t];
+    req
+}
+
+/// A Fetch of one partition from `offset`, as a consumer (replica -1) with no minimum:
+/// `max_bytes` bounds both the partition and the response.
+pub fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+    max_wait_ms: i32,
+) -> FetchRequest {
+    let mut p = FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = offset;
+    p.partition_max_bytes = max_bytes;
+    let mut t = FetchTopic::default();
+    t.topic = topic_name(topic);
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = max_wait_ms;
+    req.min_bytes = 0;
+    req.max_bytes = max_bytes;
+    req.topics = vec![t];
+    req
+}
