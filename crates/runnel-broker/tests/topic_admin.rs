@@ -417,3 +417,24 @@ fn compression_type_is_validated_described_and_altered() {
     );
     b.stop();
 }
+
+#[test]
+fn a_fetch_too_old_for_zstd_gets_unsupported_compression_type_not_batches_it_cannot_read() {
+    const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    let dir = TempDir::new("zstd-old-fetch");
+    let b = TestBroker::start(&dir.0);
+    let mut c = Client::connect(&b);
+    assert_eq!(
+        create_with_configs(&mut c, "squeezed", &[("compression.type", "zstd")]),
+        NONE
+    );
+    let batch = build_batch(&[(Some(&b"k"[..]), Some(&b"v"[..]))], 1_000);
+    assert_eq!(produce(&mut c, "squeezed", &batch), NONE);
+    // Fetch v9 predates zstd (KIP-110): Kafka answers the partition with an error.
+    let old = c.call(&fetch_request("squeezed", 0, 0, 1 << 20, 0), 9);
+    let p = &old.responses[0].partitions[0];
+    assert_eq!(p.error_code, UNSUPPORTED_COMPRESSION_TYPE, "{old:?}");
+    assert!(p.records.as_ref().is_none_or(Bytes::is_empty));
+    // v10 and later get the batch, stored zstd.
+    assert_eq!(stored_batches(&mut c, "squeezed")[0].0, ZSTD);
+}

@@ -25,15 +25,14 @@
 use std::borrow::Cow;
 
 use runnel_log::batch::{BatchHeader, HEADER_BYTES, MAGIC_V2};
-use runnel_log::codec::decompressed_bytes_max;
+use runnel_log::codec::{CODEC_ZSTD, decompressed_bytes_max};
 use runnel_log::{AppendTicket, CodecError, LogError, Offset, Partition};
 
 use crate::producer_state::{BatchSequence, SequenceCheck, SequenceError};
 use crate::producers::SharedProducers;
 
 /// Codec ids Kafka defines (none, gzip, snappy, lz4, zstd); 5-7 are invalid.
-const CODEC_MAX: u8 = 4;
-const CODEC_ZSTD: u8 = 4;
+const CODEC_MAX: u8 = CODEC_ZSTD;
 /// zstd needs Produce v7 (KIP-110): older clients could not read it back.
 const ZSTD_PRODUCE_VERSION_MIN: i16 = 7;
 /// The produce version front ends that do not speak Kafka append with: every rule of

@@ -15,6 +15,17 @@ use std::fmt;
 
 use crate::config::MAX_MESSAGE_BYTES_LIMIT;
 
+/// A batch's codec, attribute bits 0-2: none.
+pub const CODEC_NONE: u8 = 0;
+/// gzip.
+pub const CODEC_GZIP: u8 = 1;
+/// snappy.
+pub const CODEC_SNAPPY: u8 = 2;
+/// lz4.
+pub const CODEC_LZ4: u8 = 3;
+/// zstd (Produce v7+, Fetch v10+: KIP-110).
+pub const CODEC_ZSTD: u8 = 4;
+
 /// Decompressed bytes allowed per byte of a topic's `max.message.bytes`.
 ///
 /// Why 32: the records of real batches compress 2 to 10 times (JSON, logs), rarely past

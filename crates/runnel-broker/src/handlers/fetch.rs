@@ -41,7 +41,7 @@ struct Want {
 }
 
 impl Broker {
-    pub(crate) async fn fetch(&self, req: FetchRequest, _version: i16) -> FetchResponse {
+    pub(crate) async fn fetch(&self, req: FetchRequest, version: i16) -> FetchResponse {
         let mut resp = FetchResponse::default();
         if req.session_id != 0 || req.session_epoch > 0 {
             resp.error_code = ResponseError::FetchSessionIdNotFound.code();
@@ -89,6 +89,12 @@ impl Broker {
                 if !done {
                     tokio::time::sleep_until(deadline).await;
                     continue;
+                }
+                let mut topics = topics;
+                if version < ZSTD_FETCH_VERSION_MIN {
+                    for p in topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                        refuse_zstd(p);
+                    }
                 }
                 for t in &topics {
                     let counters = self.core.topic_counters(&t.topic.0);
@@ -198,6 +204,32 @@ fn gather(
         topics.push(t);
     }
     (topics, total, failed)
+}
+
+/// The first Fetch version whose clients can read zstd batches (KIP-110).
+const ZSTD_FETCH_VERSION_MIN: i16 = 10;
+
+/// For a client too old for zstd (Fetch below v10), a partition whose answer holds a
+/// zstd batch (a producer on v7+ or the topic's `compression.type`) answers
+/// UNSUPPORTED_COMPRESSION_TYPE with no records, as Kafka does: the client could not
+/// decode them.
+fn refuse_zstd(p: &mut PartitionData) {
+    let Some(records) = &p.records else {
+        return;
+    };
+    let mut rest = &records[..];
+    let mut zstd = false;
+    while let Ok(h) = runnel_log::batch::BatchHeader::parse(rest) {
+        zstd |= h.compression() == runnel_log::codec::CODEC_ZSTD;
+        let Some(next) = rest.get(h.total_bytes() as usize..) else {
+            break;
+        };
+        rest = next;
+    }
+    if zstd {
+        p.records = Some(Bytes::new());
+        p.error_code = ResponseError::UnsupportedCompressionType.code();
+    }
 }
 
 /// One partition's answer: whole batches from `offset` up to `limit` bytes (the
