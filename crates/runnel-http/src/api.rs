@@ -33,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/health/ready"),
     ("get", "/metrics"),
     ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/overview"),
     ("get", "/api/v1/topics"),
     ("post", "/api/v1/topics"),
     ("get", "/api/v1/topics/{topic}"),
@@ -45,11 +46,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ),
     ("get", "/api/v1/groups"),
     ("get", "/api/v1/groups/{group}"),
+    ("get", "/"),
+    ("get", "/console.js"),
+    ("get", "/console.css"),
 ];
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) broker: Arc<Broker>,
+    /// When this API started serving: the overview's uptime.
+    pub(crate) started: std::time::Instant,
     /// Live tails open (bounded).
     pub(crate) tails: Arc<tokio::sync::Semaphore>,
 }
@@ -57,6 +63,7 @@ pub(crate) struct AppState {
 pub(crate) fn routes(broker: Arc<Broker>) -> Router {
     let state = AppState {
         broker,
+        started: std::time::Instant::now(),
         tails: crate::tail::tails(),
     };
     Router::new()
@@ -64,6 +71,10 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(crate::metrics::metrics))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/overview", get(overview))
+        .route("/", get(crate::console::page))
+        .route("/console.js", get(crate::console::script))
+        .route("/console.css", get(crate::console::style))
         .route("/api/v1/topics", get(list_topics).post(create_topic))
         .route(
             "/api/v1/topics/{topic}",
@@ -81,6 +92,7 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{group}", get(describe_group))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::console::same_origin))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -355,6 +367,9 @@ struct RecordBody {
     key: Option<String>,
     value: Option<String>,
     partition: Option<u32>,
+    /// Header names and values, in the map's order.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 /// Appends through the core, which applies the produce rules and picks each record's
@@ -377,6 +392,11 @@ async fn produce(
             let record = runnel_core::encode::NewRecord {
                 key: r.key.map(String::into_bytes),
                 value: r.value.map(String::into_bytes),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect(),
                 ..Default::default()
             };
             (r.partition, record)
@@ -398,6 +418,10 @@ async fn produce(
 struct Range {
     offset: Option<u64>,
     limit: Option<usize>,
+    /// Without an offset: `oldest` (the default) or `newest` (the last `limit` records).
+    from: Option<String>,
+    /// Without an offset: the first batch with a record at or after this time (ms).
+    timestamp: Option<i64>,
 }
 
 async fn read_records(
@@ -418,7 +442,29 @@ async fn read_records(
         .log()
         .partition(&topic, PartitionId(partition))
         .map_err(|e| ApiError::from_log(&e))?;
-    let start = range.offset.unwrap_or(part.log_start_offset().0);
+    let start = match (range.offset, range.timestamp, range.from.as_deref()) {
+        (Some(offset), _, _) => offset,
+        (None, Some(ts), _) => {
+            let found = blocking({
+                let part = part.clone();
+                move || part.offset_for_timestamp(ts)
+            })
+            .await?
+            .map_err(|e| ApiError::from_log(&e))?;
+            found.map_or(part.high_watermark().0, |b| b.base_offset.0)
+        }
+        (None, None, None | Some("oldest")) => part.log_start_offset().0,
+        (None, None, Some("newest")) => part
+            .high_watermark()
+            .0
+            .saturating_sub(limit as u64)
+            .max(part.log_start_offset().0),
+        (None, None, Some(other)) => {
+            return Err(ApiError::bad_request(format!(
+                "from must be oldest or newest, not {other:?}"
+            )));
+        }
+    };
     // Offsets are i64 on every wire; a larger one is out of range, not clamped.
     let start = i64::try_from(start).map_err(|_| {
         ApiError::new(
@@ -456,14 +502,27 @@ async fn read_records(
             Value::String(String::from_utf8_lossy(b).into_owned())
         })
     };
+    // Bytes that are not UTF-8 also come as hex, so they can be shown as they are.
+    let hex = |b: &Option<bytes::Bytes>| match b {
+        Some(b) if std::str::from_utf8(b).is_err() => Value::String(to_hex(b)),
+        _ => Value::Null,
+    };
     let records: Vec<Value> = records
         .iter()
         .map(|r| {
+            let headers: Vec<Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| json!({"key": k, "value": text(v), "value_hex": hex(v)}))
+                .collect();
             json!({
                 "offset": r.offset,
                 "timestamp": r.timestamp,
                 "key": text(&r.key),
+                "key_hex": hex(&r.key),
                 "value": text(&r.value),
+                "value_hex": hex(&r.value),
+                "headers": headers,
             })
         })
         .collect();
@@ -472,6 +531,54 @@ async fn read_records(
         "next_offset": next,
         "high_watermark": high,
     })))
+}
+
+/// Lower-case hex of `bytes`.
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// The broker at a glance: what the console's overview shows. The counters are totals
+/// since start; a client that polls takes differences for rates.
+async fn overview(State(s): State<AppState>) -> Json<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let b = &s.broker;
+    let topics = b.log().topics();
+    let (mut partitions, mut disk_bytes) = (0u64, 0u64);
+    for t in &topics {
+        for p in t.partitions() {
+            partitions += 1;
+            disk_bytes += p.size_bytes();
+        }
+    }
+    let (mut bytes_in, mut records_in, mut bytes_out, mut records_out) = (0u64, 0u64, 0u64, 0u64);
+    for (_, c) in b.core().topic_metrics().topics() {
+        bytes_in += c.bytes_in.load(Relaxed);
+        records_in += c.records_in.load(Relaxed);
+        bytes_out += c.bytes_out.load(Relaxed);
+        records_out += c.records_out.load(Relaxed);
+    }
+    let groups = b.groups().read(|c| c.list(&[]).len());
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_ms": u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "data_dir": b.config().data_dir.display().to_string(),
+        "disk_bytes": disk_bytes,
+        "topics": topics.len(),
+        "partitions": partitions,
+        "groups": groups,
+        "connections": b.connections(),
+        "bytes_in": bytes_in,
+        "records_in": records_in,
+        "bytes_out": bytes_out,
+        "records_out": records_out,
+    }))
 }
 
 async fn list_groups(State(s): State<AppState>) -> Json<Value> {

@@ -32,6 +32,7 @@
 //! replacement characters.
 
 mod api;
+mod console;
 mod metrics;
 mod openapi;
 mod tail;

@@ -24,6 +24,18 @@ fn operation(method: &str, path: &str) -> Value {
         ("get", "/metrics") => {
             json!({"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}})
         }
+        ("get", "/api/v1/overview") => {
+            json!({"summary": "The broker at a glance: version, uptime, data directory, disk used, connections, counts, and totals in and out since start", "responses": {"200": ok("Overview")}})
+        }
+        ("get", "/") => {
+            json!({"summary": "The web console", "responses": {"200": {"description": "The console's page", "content": {"text/html": {"schema": {"type": "string"}}}}}})
+        }
+        ("get", "/console.js") => {
+            json!({"summary": "The web console's script", "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}})
+        }
+        ("get", "/console.css") => {
+            json!({"summary": "The web console's style sheet", "responses": {"200": {"description": "CSS", "content": {"text/css": {"schema": {"type": "string"}}}}}})
+        }
         ("get", "/api/v1/openapi.json") => {
             json!({"summary": "This description", "responses": {"200": ok("OpenAPI 3.0")}})
         }
@@ -53,7 +65,9 @@ fn operation(method: &str, path: &str) -> Value {
                 topic,
                 {"name": "partition", "in": "path", "required": true, "description": "The partition.", "schema": {"type": "integer", "minimum": 0, "maximum": partition_max}},
                 {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": i64::MAX}},
-                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::RECORDS_LIMIT_MAX}}
+                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::RECORDS_LIMIT_MAX}},
+                {"name": "from", "in": "query", "required": false, "description": "Without an offset: oldest (the default) or newest (the last `limit` records)", "schema": {"type": "string", "enum": ["oldest", "newest"]}},
+                {"name": "timestamp", "in": "query", "required": false, "description": "Without an offset: start at the first batch with a record at or after this time (ms since the epoch)", "schema": {"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}}
             ],
             "responses": {"200": ok("Records, the next offset and the high watermark"), "400": error, "404": error}
         }),
@@ -115,7 +129,8 @@ pub fn openapi() -> Value {
                 "records": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "properties": {
                     "key": {"type": "string", "nullable": true},
                     "value": {"type": "string", "nullable": true},
-                    "partition": {"type": "integer", "nullable": true, "minimum": 0, "maximum": runnel_log::config::PARTITIONS_MAX - 1}}}}}}
+                    "partition": {"type": "integer", "nullable": true, "minimum": 0, "maximum": runnel_log::config::PARTITIONS_MAX - 1},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}}}}}}}
         }}
     })
 }

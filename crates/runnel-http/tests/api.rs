@@ -677,3 +677,120 @@ async fn paging_through_a_compacted_topic_reaches_the_end() {
     assert_eq!(latest["c-1"], json!("29"));
     assert_eq!(latest["c-0"], json!("28"));
 }
+
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_policy_and_its_api_additions_answer() {
+    let f = fixture("console");
+    // The page, its script and style, each with its type and the content policy.
+    for (uri, kind) in [
+        ("/", "text/html"),
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ] {
+        let resp = runnel_http::router(f.broker.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let h = resp.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{uri}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+    }
+
+    // Records carry their headers; bytes that are not UTF-8 also come as hex.
+    post(&f, "/api/v1/topics", r#"{"name":"c","partitions":1}"#).await;
+    let (status, _) = post(
+        &f,
+        "/api/v1/topics/c/records",
+        r#"{"records":[{"key":"k","value":"{\"a\":1}","headers":{"h1":"v1","ce_type":"x"}},{"value":"two"},{"value":"three"}]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let binary = runnel_log::batch::build_batch(
+        &[(Some(&[0xff, 0x00][..]), Some(&[0xc3, 0x28][..]))],
+        4_000_000_000_000,
+    );
+    let part = f
+        .broker
+        .log()
+        .partition("c", runnel_log::PartitionId(0))
+        .unwrap();
+    part.append(&binary).unwrap();
+    let (_, page) = get(&f, "/api/v1/topics/c/partitions/0/records").await;
+    let records = page["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    assert_eq!(
+        records[0]["headers"],
+        json!([{"key": "ce_type", "value": "x", "value_hex": null}, {"key": "h1", "value": "v1", "value_hex": null}])
+    );
+    assert_eq!(records[0]["value_hex"], Value::Null);
+    assert_eq!(records[3]["key_hex"], "ff00");
+    assert_eq!(records[3]["value_hex"], "c328");
+    // The newest records, and a start by time.
+    let (_, newest) = get(
+        &f,
+        "/api/v1/topics/c/partitions/0/records?from=newest&limit=2",
+    )
+    .await;
+    let offsets: Vec<i64> = newest["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [2, 3]);
+    let (_, by_time) = get(
+        &f,
+        "/api/v1/topics/c/partitions/0/records?timestamp=3000000000000",
+    )
+    .await;
+    assert_eq!(by_time["records"][0]["offset"], 3);
+    assert_error(
+        &get(&f, "/api/v1/topics/c/partitions/0/records?from=middle").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+
+    // The overview counts what is there.
+    let (status, o) = get(&f, "/api/v1/overview").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(o["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(o["topics"], 1);
+    assert_eq!(o["partitions"], 1);
+    assert_eq!(
+        o["records_in"], 3,
+        "records produced through the core are counted"
+    );
+    assert!(o["disk_bytes"].as_u64().unwrap() > 0);
+
+    // A browser on another origin cannot change anything; this origin can.
+    let cross = Request::post("/api/v1/topics")
+        .header("content-type", "application/json")
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "http://evil.example")
+        .body(Body::from(r#"{"name":"x"}"#))
+        .unwrap();
+    let resp = runnel_http::router(f.broker.clone())
+        .oneshot(cross)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(f.broker.log().topic("x").is_none());
+    let same = Request::delete("/api/v1/topics/c")
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "http://127.0.0.1:8080")
+        .body(Body::empty())
+        .unwrap();
+    let resp = runnel_http::router(f.broker.clone())
+        .oneshot(same)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}

@@ -1,0 +1,470 @@
+// The Runnel console: every view is rendered from the JSON API under /api/v1.
+// Everything a client sent (names, keys, values, headers) is put on the page with
+// textContent, never as HTML.
+"use strict";
+
+const REFRESH_MS = 2000;
+const RATE_POINTS = 150; // five minutes at one sample per two seconds
+
+// ---- small DOM helpers ------------------------------------------------------------
+
+/** An element with attributes and children (strings become text nodes). */
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function svgEl(tag, attrs) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+
+function table(id, headings, rows) {
+  // A heading lines up with its column: numbers to the right.
+  const first = rows[0] ? Array.from(rows[0].children) : [];
+  const cls = (i) => (first[i] && first[i].classList.contains("num") ? "num" : null);
+  return el("table", { id },
+    el("thead", {}, el("tr", {}, headings.map((h, i) => el("th", { class: cls(i) }, h)))),
+    el("tbody", {}, rows));
+}
+
+function td(cls, ...children) {
+  return el("td", { class: cls }, ...children);
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return (i === 0 ? String(v) : v.toFixed(1)) + " " + units[i];
+}
+
+function duration(ms) {
+  const s = Math.floor(ms / 1000);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (d > 0) return `${d}d ${h}h`;
+  if (h > 0) return `${h}h ${m}m`;
+  if (m > 0) return `${m}m ${s % 60}s`;
+  return `${s}s`;
+}
+
+function time(ms) {
+  return ms >= 0 ? new Date(ms).toISOString().replace("T", " ").replace("Z", "") : "";
+}
+
+const enc = encodeURIComponent;
+
+// ---- the API ------------------------------------------------------------------------
+
+async function api(path, options) {
+  const res = await fetch("/api/v1" + path, {
+    headers: { "Content-Type": "application/json" },
+    ...options,
+  });
+  if (res.status === 204) return null;
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    throw new Error(body.error ? `${body.error} (${body.code})` : `HTTP ${res.status}`);
+  }
+  return body;
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+const main = () => document.querySelector("main");
+const view = () => document.getElementById("view");
+let refreshTimer = null;
+let renderSerial = 0;
+
+function setState(state, message) {
+  main().dataset.state = state;
+  const err = document.getElementById("error");
+  err.hidden = state !== "error";
+  err.textContent = message || "";
+}
+
+/** The route from the hash: [name, ...parts], and the query after `?`. */
+function route() {
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [path, query] = hash.split("?");
+  const parts = path.split("/").filter((p) => p !== "").map(decodeURIComponent);
+  return { parts, query: new URLSearchParams(query || "") };
+}
+
+async function render() {
+  clearTimeout(refreshTimer);
+  const serial = ++renderSerial;
+  const { parts, query } = route();
+  const [page, name, sub] = parts;
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", a.dataset.nav === (page || "overview"));
+  }
+  setState("loading");
+  try {
+    let node;
+    let refresh = null;
+    if (!page) {
+      node = await overviewView();
+      refresh = updateOverview;
+    } else if (page === "topics" && !name) {
+      node = await topicsView();
+    } else if (page === "topics" && sub === "messages") {
+      node = await messagesView(name, query);
+    } else if (page === "topics") {
+      node = await topicView(name);
+    } else if (page === "groups" && !name) {
+      node = await groupsView();
+    } else if (page === "groups") {
+      node = await groupView(name);
+    } else {
+      throw new Error("no such page");
+    }
+    if (serial !== renderSerial) return;
+    view().replaceChildren(node);
+    setState("ready");
+    if (refresh) schedule(serial, refresh);
+  } catch (e) {
+    if (serial !== renderSerial) return;
+    view().replaceChildren();
+    setState("error", e.message);
+  }
+}
+
+function schedule(serial, refresh) {
+  refreshTimer = setTimeout(async () => {
+    if (serial !== renderSerial) return;
+    try {
+      await refresh();
+    } catch (e) {
+      // A failed refresh keeps what is shown; the next one tries again.
+    }
+    schedule(serial, refresh);
+  }, REFRESH_MS);
+}
+
+function go(hash) {
+  if (location.hash === hash) render();
+  else location.hash = hash;
+}
+
+// ---- overview -------------------------------------------------------------------------
+
+// Rates are differences of the broker's totals between polls, kept while the page is
+// open: the last five minutes.
+const rates = { last: null, points: [] };
+
+function sample(o) {
+  const now = Date.now();
+  if (rates.last) {
+    const dt = (now - rates.last.at) / 1000;
+    if (dt > 0) {
+      rates.points.push({
+        at: now,
+        bytesIn: Math.max(0, (o.bytes_in - rates.last.o.bytes_in) / dt),
+        bytesOut: Math.max(0, (o.bytes_out - rates.last.o.bytes_out) / dt),
+        recordsIn: Math.max(0, (o.records_in - rates.last.o.records_in) / dt),
+        recordsOut: Math.max(0, (o.records_out - rates.last.o.records_out) / dt),
+      });
+      if (rates.points.length > RATE_POINTS) rates.points.shift();
+    }
+  }
+  rates.last = { at: now, o };
+}
+
+function stat(id, label, value) {
+  return el("div", { class: "stat" }, el("span", { class: "label" }, label),
+    el("span", { id, class: "value" }, value));
+}
+
+async function overviewView() {
+  const o = await api("/overview");
+  sample(o);
+  const svg = svgEl("svg", { id: "rates", viewBox: "0 0 600 160", preserveAspectRatio: "none", role: "img" });
+  const node = el("section", { id: "overview" },
+    el("h1", {}, "Overview"),
+    el("div", { class: "stats" },
+      stat("version", "Version", o.version),
+      stat("uptime", "Uptime", duration(o.uptime_ms)),
+      stat("connections", "Connections", o.connections),
+      stat("topic-count", "Topics", o.topics),
+      stat("partition-count", "Partitions", o.partitions),
+      stat("group-count", "Groups", o.groups),
+      stat("disk", "On disk", bytes(o.disk_bytes))),
+    el("p", { class: "muted" }, "Data directory: ", el("code", { id: "data-dir" }, o.data_dir)),
+    el("h2", {}, "Throughput"),
+    el("div", { class: "legend" },
+      el("span", { class: "in" }, "records in/s ", el("b", { id: "records-in-rate" }, "…")),
+      el("span", { class: "out" }, "records out/s ", el("b", { id: "records-out-rate" }, "…")),
+      el("span", {}, "bytes in/s ", el("b", { id: "bytes-in-rate" }, "…")),
+      el("span", {}, "bytes out/s ", el("b", { id: "bytes-out-rate" }, "…"))),
+    svg);
+  drawRates(svg, node);
+  return node;
+}
+
+async function updateOverview() {
+  const o = await api("/overview");
+  sample(o);
+  const set = (id, v) => {
+    const e = document.getElementById(id);
+    if (e) e.textContent = v;
+  };
+  set("uptime", duration(o.uptime_ms));
+  set("connections", o.connections);
+  set("topic-count", o.topics);
+  set("partition-count", o.partitions);
+  set("group-count", o.groups);
+  set("disk", bytes(o.disk_bytes));
+  const svg = document.getElementById("rates");
+  if (svg) drawRates(svg, document);
+}
+
+function drawRates(svg, root) {
+  const pts = rates.points;
+  const last = pts[pts.length - 1];
+  const set = (id, v) => {
+    const e = root.querySelector("#" + id);
+    if (e) e.textContent = v;
+  };
+  if (last) {
+    set("records-in-rate", Math.round(last.recordsIn));
+    set("records-out-rate", Math.round(last.recordsOut));
+    set("bytes-in-rate", bytes(Math.round(last.bytesIn)));
+    set("bytes-out-rate", bytes(Math.round(last.bytesOut)));
+  }
+  const max = Math.max(1, ...pts.map((p) => Math.max(p.recordsIn, p.recordsOut)));
+  const line = (key) => pts.map((p, i) =>
+    `${(i / (RATE_POINTS - 1)) * 600},${150 - (p[key] / max) * 140}`).join(" ");
+  svg.replaceChildren(
+    svgEl("line", { x1: 0, y1: 150, x2: 600, y2: 150, class: "axis" }),
+    svgEl("polyline", { points: line("recordsIn"), class: "in" }),
+    svgEl("polyline", { points: line("recordsOut"), class: "out" }));
+}
+
+// ---- topics ---------------------------------------------------------------------------
+
+async function topicsView() {
+  const { topics } = await api("/topics");
+  const details = await Promise.all(topics.map((t) => api("/topics/" + enc(t.name))));
+  const rows = details.map((t) => {
+    const size = t.partitions.reduce((s, p) => s + p.size_bytes, 0);
+    const end = t.partitions.reduce((s, p) => s + p.high_watermark, 0);
+    return el("tr", { dataset: { topic: t.name } },
+      td("name", el("a", { href: `#/topics/${enc(t.name)}` }, t.name),
+        t.internal ? el("span", { class: "tag" }, "internal") : null),
+      td("partitions num", t.partitions.length),
+      td("end num", end),
+      td("size num", bytes(size)));
+  });
+  const form = el("form", { id: "create-topic", class: "inline", onsubmit: createTopic },
+    el("label", {}, "Name ", el("input", { name: "name", required: true, maxlength: 249, pattern: "[a-zA-Z0-9._\\-]+", autocomplete: "off" })),
+    el("label", {}, "Partitions ", el("input", { name: "partitions", type: "number", min: 1, max: 10000, value: 1 })),
+    el("button", { type: "submit" }, "Create topic"));
+  return el("section", {},
+    el("h1", {}, "Topics"),
+    form,
+    rows.length ? table("topics", ["Topic", "Partitions", "Records (end offsets)", "Size"], rows)
+      : el("p", { class: "muted", id: "topics" }, "No topics yet."));
+}
+
+async function createTopic(event) {
+  event.preventDefault();
+  const f = event.target;
+  const name = f.elements.name.value.trim();
+  const partitions = Number(f.elements.partitions.value) || 1;
+  try {
+    await api("/topics", { method: "POST", body: JSON.stringify({ name, partitions }) });
+    go("#/topics");
+  } catch (e) {
+    setState("error", e.message);
+  }
+}
+
+async function topicView(name) {
+  const t = await api("/topics/" + enc(name));
+  const rows = t.partitions.map((p) => el("tr", { dataset: { partition: p.partition } },
+    td("num", p.partition), td("start num", p.log_start_offset), td("end num", p.high_watermark),
+    td("records num", p.high_watermark - p.log_start_offset), td("size num", bytes(p.size_bytes))));
+  const config = Object.entries(t.config).map(([k, v]) => el("tr", { class: v.overridden ? "overridden" : "" },
+    td("key", k), td("value", v.value), td("", v.overridden ? "set on this topic" : "default")));
+  const confirm = el("button", { id: "confirm-delete", class: "danger", hidden: true, onclick: () => deleteTopic(name) },
+    `Really delete ${name} and all its records`);
+  return el("section", {},
+    el("p", { class: "crumbs" }, el("a", { href: "#/topics" }, "Topics"), " / "),
+    el("h1", {}, t.name),
+    el("p", {}, el("a", { class: "button", href: `#/topics/${enc(name)}/messages` }, "Browse messages")),
+    el("h2", {}, "Partitions"),
+    table("partitions", ["Partition", "Start offset", "End offset", "Records", "Size"], rows),
+    el("h2", {}, "Settings"),
+    table("config", ["Setting", "Value", ""], config),
+    t.internal ? null : el("p", { class: "actions" },
+      el("button", { id: "delete-topic", class: "danger", onclick: () => { confirm.hidden = false; } }, "Delete topic"),
+      " ", confirm));
+}
+
+async function deleteTopic(name) {
+  try {
+    await api("/topics/" + enc(name), { method: "DELETE" });
+    go("#/topics");
+  } catch (e) {
+    setState("error", e.message);
+  }
+}
+
+// ---- messages -------------------------------------------------------------------------
+
+const PAGE_RECORDS = 50;
+
+/** A value shown as it is: JSON pretty-printed, text as text, binary as hex. */
+function shown(text, hex) {
+  if (text === null || text === undefined) return el("span", { class: "null" }, "null");
+  if (hex) return el("code", { class: "hex", title: "not UTF-8: shown as hex" }, hex);
+  const trimmed = text.trim();
+  if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
+    try {
+      return el("pre", { class: "json" }, JSON.stringify(JSON.parse(trimmed), null, 2));
+    } catch (e) {
+      // not JSON after all: text
+    }
+  }
+  return el("span", { class: "text" }, text);
+}
+
+async function messagesView(name, query) {
+  const t = await api("/topics/" + enc(name));
+  const partition = query.get("partition") || "all";
+  const start = query.get("start") || "oldest";
+  const offset = query.get("offset") || "";
+  const partitions = partition === "all" ? t.partitions.map((p) => p.partition) : [Number(partition)];
+  const params = (p) => {
+    const q = new URLSearchParams({ limit: String(PAGE_RECORDS) });
+    if (start === "offset" && offset !== "") q.set("offset", offset);
+    else if (start === "timestamp" && offset !== "") q.set("timestamp", String(Date.parse(offset) || Number(offset) || 0));
+    else if (start === "newest") q.set("from", "newest");
+    return `/topics/${enc(name)}/partitions/${p}/records?${q}`;
+  };
+  const pages = await Promise.all(partitions.map((p) => api(params(p)).then((r) => ({ p, r }))));
+  const records = pages.flatMap(({ p, r }) => r.records.map((rec) => ({ ...rec, partition: p })));
+  records.sort((a, b) => a.timestamp - b.timestamp || a.partition - b.partition || a.offset - b.offset);
+  const rows = records.map((r) => el("tr", { class: "record", dataset: { offset: r.offset, partition: r.partition } },
+    td("partition num", r.partition), td("offset num", r.offset), td("timestamp", time(r.timestamp)),
+    td("key", shown(r.key, r.key_hex)), td("value", shown(r.value, r.value_hex)),
+    td("headers", r.headers.map((h) => el("div", { class: "header" },
+      el("span", { class: "hkey" }, h.key), "=", shown(h.value, h.value_hex))))));
+
+  const select = (id, options, current) => el("select", { id },
+    options.map(([v, label]) => el("option", { value: v, selected: v === current }, label)));
+  const partitionSelect = select("partition",
+    [["all", "all partitions"], ...t.partitions.map((p) => [String(p.partition), `partition ${p.partition}`])], partition);
+  const startSelect = select("start",
+    [["oldest", "oldest"], ["newest", "newest"], ["offset", "at offset"], ["timestamp", "at time"]], start);
+  const offsetInput = el("input", { id: "offset", value: offset, placeholder: "offset or time", size: 24 });
+  const load = () => {
+    const q = new URLSearchParams({ partition: partitionSelect.value, start: startSelect.value });
+    if (offsetInput.value) q.set("offset", offsetInput.value);
+    go(`#/topics/${enc(name)}/messages?${q}`);
+  };
+  const search = el("input", {
+    id: "search", type: "search", placeholder: "filter this page", oninput: (e) => {
+      const needle = e.target.value.toLowerCase();
+      for (const row of document.querySelectorAll("#messages tr.record")) {
+        row.hidden = needle !== "" && !row.textContent.toLowerCase().includes(needle);
+      }
+    },
+  });
+  const next = pages.length === 1 && pages[0].r.next_offset < pages[0].r.high_watermark
+    ? el("a", { id: "next-page", class: "button", href: `#/topics/${enc(name)}/messages?partition=${pages[0].p}&start=offset&offset=${pages[0].r.next_offset}` }, "Next page")
+    : null;
+  return el("section", {},
+    el("p", { class: "crumbs" }, el("a", { href: "#/topics" }, "Topics"), " / ",
+      el("a", { href: `#/topics/${enc(name)}` }, name), " / "),
+    el("h1", {}, "Messages"),
+    el("div", { class: "controls" }, partitionSelect, startSelect, offsetInput,
+      el("button", { id: "load", onclick: load }, "Load"), search),
+    rows.length ? table("messages", ["Partition", "Offset", "Time", "Key", "Value", "Headers"], rows)
+      : el("p", { id: "messages", class: "muted" }, "No records here."),
+    next,
+    el("h2", {}, "Produce a record"),
+    el("form", { id: "produce", onsubmit: (e) => produce(e, name) },
+      el("label", {}, "Key ", el("input", { name: "key", autocomplete: "off" })),
+      el("label", {}, "Value ", el("textarea", { name: "value", rows: 3 })),
+      el("label", {}, "Headers (one name=value per line) ", el("textarea", { name: "headers", rows: 2 })),
+      el("button", { type: "submit" }, "Produce")));
+}
+
+async function produce(event, name) {
+  event.preventDefault();
+  const f = event.target.elements;
+  const headers = {};
+  for (const line of f.headers.value.split("\n")) {
+    const at = line.indexOf("=");
+    if (at > 0) headers[line.slice(0, at).trim()] = line.slice(at + 1);
+  }
+  const record = { value: f.value.value, headers };
+  if (f.key.value !== "") record.key = f.key.value;
+  try {
+    await api(`/topics/${enc(name)}/records`, { method: "POST", body: JSON.stringify({ records: [record] }) });
+    go(`#/topics/${enc(name)}/messages?start=newest`);
+  } catch (e) {
+    setState("error", e.message);
+  }
+}
+
+// ---- groups ---------------------------------------------------------------------------
+
+async function groupsView() {
+  const { groups } = await api("/groups");
+  const rows = groups.map((g) => el("tr", { dataset: { group: g.group } },
+    td("name", el("a", { href: `#/groups/${enc(g.group)}` }, g.group)),
+    td("state", g.state), td("members num", g.members), td("", g.protocol_type)));
+  return el("section", {},
+    el("h1", {}, "Consumer groups"),
+    rows.length ? table("groups", ["Group", "State", "Members", "Protocol type"], rows)
+      : el("p", { id: "groups", class: "muted" }, "No groups yet."));
+}
+
+async function groupView(id) {
+  const g = await api("/groups/" + enc(id));
+  const members = g.members.map((m) => el("tr", { class: "member" },
+    td("client-id", m.client_id), td("host", m.client_host),
+    td("assignment", m.assignment.map((a) => `${a.topic}-${a.partition}`).join(", ")),
+    td("member-id muted", m.member_id)));
+  const totalLag = g.offsets.reduce((s, o) => s + (o.lag || 0), 0);
+  const lag = g.offsets.map((o) => el("tr", { dataset: { partition: `${o.topic}-${o.partition}` }, class: o.lag > 0 ? "lagging" : "" },
+    td("topic", el("a", { href: `#/topics/${enc(o.topic)}` }, o.topic)), td("num", o.partition),
+    td("committed num", o.committed), td("end num", o.end === null ? "" : o.end),
+    td("lag num", o.lag === null ? "" : o.lag)));
+  return el("section", {},
+    el("p", { class: "crumbs" }, el("a", { href: "#/groups" }, "Groups"), " / "),
+    el("h1", {}, g.group),
+    el("p", {}, "State ", el("b", { id: "group-state" }, g.state), ", generation ", g.generation,
+      g.protocol ? `, assignor ${g.protocol}` : "", ", total lag ", el("b", { id: "total-lag" }, totalLag)),
+    el("h2", {}, "Members"),
+    members.length ? table("members", ["Client id", "Host", "Partitions", "Member id"], members)
+      : el("p", { id: "members", class: "muted" }, "No members: the group is empty."),
+    el("h2", {}, "Committed offsets and lag"),
+    lag.length ? table("lag", ["Topic", "Partition", "Committed", "End", "Lag"], lag)
+      : el("p", { id: "lag", class: "muted" }, "Nothing committed yet."));
+}
+
+window.addEventListener("hashchange", render);
+window.addEventListener("DOMContentLoaded", render);
