@@ -290,7 +290,8 @@ impl Broker {
         self.requests.add(key);
         let started = std::time::Instant::now();
         if let RequestKind::Produce(r) = request {
-            let in_flight = self.produce(r, prefix.api_version).await;
+            let client_id = header.client_id.as_deref().unwrap_or("");
+            let in_flight = self.produce(r, prefix.api_version, client_id).await;
             let latencies = self.metrics.latencies();
             return Ok(Reply::Later(Box::pin(async move {
                 let response = in_flight.finish().await.map(ResponseKind::Produce);
@@ -317,7 +318,10 @@ impl Broker {
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(v)),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, v).await),
-            RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r, v).await),
+            RequestKind::Fetch(r) => {
+                let client_id = header.client_id.as_deref().unwrap_or("");
+                ResponseKind::Fetch(self.fetch(r, v, client_id).await)
+            }
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, v).await),
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r))

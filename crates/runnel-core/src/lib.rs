@@ -41,6 +41,7 @@
 pub mod consumer_protocol;
 pub mod counters;
 pub mod encode;
+pub mod flows;
 pub mod groups;
 pub mod offsets;
 pub mod partitioner;

@@ -30,6 +30,7 @@ pub struct Core {
     producers: ProducerRegistry,
     /// Bytes and records in (counted by [`Core::append`]) and out, per topic.
     topic_metrics: TopicMetrics,
+    flows: crate::flows::Flows,
     /// Spreads keyless records without a partition over the partitions.
     round_robin: AtomicU32,
 }
@@ -51,6 +52,7 @@ impl Core {
             groups,
             producers,
             topic_metrics: TopicMetrics::default(),
+            flows: crate::flows::Flows::default(),
             round_robin: AtomicU32::new(0),
         }))
     }
@@ -83,6 +85,12 @@ impl Core {
     #[must_use]
     pub fn topic_metrics(&self) -> &TopicMetrics {
         &self.topic_metrics
+    }
+
+    /// Which clients wrote to and read from which topics recently (the front ends that
+    /// know client ids record them).
+    pub fn flows(&self) -> &crate::flows::Flows {
+        &self.flows
     }
 
     /// The counters of `topic`, created on first use.
@@ -235,6 +243,7 @@ impl Core {
         self.groups.offsets.delete_topic(name)?;
         self.producers.forget_topic(name);
         self.topic_metrics.forget_topic(name);
+        self.flows.forget_topic(name);
         Ok(())
     }
 }

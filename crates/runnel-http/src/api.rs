@@ -1,6 +1,6 @@
 //! Routes and handlers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/overview"),
+    ("get", "/api/v1/topology"),
     ("get", "/api/v1/topics"),
     ("post", "/api/v1/topics"),
     ("get", "/api/v1/topics/{topic}"),
@@ -72,6 +73,7 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
         .route("/metrics", get(crate::metrics::metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/overview", get(overview))
+        .route("/api/v1/topology", get(topology))
         .route("/", get(crate::console::page))
         .route("/console.js", get(crate::console::script))
         .route("/console.css", get(crate::console::style))
@@ -578,6 +580,78 @@ async fn overview(State(s): State<AppState>) -> Json<Value> {
         "records_in": records_in,
         "bytes_out": bytes_out,
         "records_out": records_out,
+    }))
+}
+
+/// How long a client stays on the topology after its last request.
+const TOPOLOGY_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Who writes to which topic and who reads it: the clients that produced or fetched in
+/// the last [`TOPOLOGY_WINDOW_MS`] (with their running totals and when last seen, so a
+/// client that polls can draw rates and fade what went quiet), and every group with
+/// the topics it reads (assigned or committed) and its lag per topic.
+async fn topology(State(s): State<AppState>) -> Json<Value> {
+    let b = &s.broker;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let flow = |f: &runnel_core::flows::Flow| json!({"client_id": f.client_id, "topic": f.topic, "bytes": f.bytes, "records": f.records, "last_ms": f.last_ms});
+    let flows = b.core().flows().since(now - TOPOLOGY_WINDOW_MS);
+    let of = |d: runnel_core::flows::Direction| -> Vec<Value> {
+        flows
+            .iter()
+            .filter(|f| f.direction == d)
+            .map(flow)
+            .collect()
+    };
+    let mut topics: Vec<String> = b
+        .log()
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|t| !is_internal(t))
+        .collect();
+    topics.sort();
+    let described = b.groups().read(|c| {
+        c.list(&[])
+            .into_iter()
+            .filter_map(|l| c.describe(&l.group_id))
+            .collect::<Vec<_>>()
+    });
+    let groups: Vec<Value> = described
+        .iter()
+        .map(|d| {
+            let mut lag: BTreeMap<String, Option<i64>> = BTreeMap::new();
+            for m in &d.members {
+                for (t, _) in runnel_core::consumer_protocol::assigned_partitions(&m.assignment) {
+                    lag.entry(t).or_insert(None);
+                }
+            }
+            for ((topic, p), c) in b.groups().offsets.group(&d.group_id) {
+                let end = b
+                    .log()
+                    .partition(&topic, PartitionId(p.max(0) as u32))
+                    .map(|part| part.high_watermark().0 as i64)
+                    .ok();
+                let behind = end.map_or(0, |e| (e - c.offset).max(0));
+                *lag.entry(topic).or_insert(None).get_or_insert(0) += behind;
+            }
+            let clients: BTreeSet<&str> = d.members.iter().map(|m| m.client_id.as_str()).collect();
+            json!({
+                "group": d.group_id,
+                "state": d.state.as_str(),
+                "members": d.members.len(),
+                "clients": clients,
+                "topics": lag.iter().map(|(t, l)| json!({"topic": t, "lag": l})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "now_ms": now,
+        "topics": topics,
+        "producers": of(runnel_core::flows::Direction::Produce),
+        "fetchers": of(runnel_core::flows::Direction::Fetch),
+        "groups": groups,
     }))
 }
 

@@ -794,3 +794,32 @@ async fn the_console_is_served_with_a_strict_policy_and_its_api_additions_answer
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn the_topology_names_recent_producers_topics_and_groups() {
+    let f = fixture("topology");
+    post(&f, "/api/v1/topics", r#"{"name":"orders","partitions":1}"#).await;
+    let flows = f.broker.core().flows();
+    flows.record(
+        "cashier",
+        "orders",
+        runnel_core::flows::Direction::Produce,
+        300,
+        3,
+    );
+    flows.record(
+        "barista-1",
+        "orders",
+        runnel_core::flows::Direction::Fetch,
+        300,
+        3,
+    );
+    let (status, t) = get(&f, "/api/v1/topology").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(t["topics"], json!(["orders"]));
+    assert_eq!(t["producers"][0]["client_id"], "cashier");
+    assert_eq!(t["producers"][0]["records"], 3);
+    assert_eq!(t["fetchers"][0]["client_id"], "barista-1");
+    assert_eq!(t["fetchers"][0]["bytes"], 300);
+    assert!(t["producers"][0]["last_ms"].as_i64().unwrap() <= t["now_ms"].as_i64().unwrap());
+}

@@ -41,7 +41,12 @@ struct Want {
 }
 
 impl Broker {
-    pub(crate) async fn fetch(&self, req: FetchRequest, version: i16) -> FetchResponse {
+    pub(crate) async fn fetch(
+        &self,
+        req: FetchRequest,
+        version: i16,
+        client_id: &str,
+    ) -> FetchResponse {
         let mut resp = FetchResponse::default();
         if req.session_id != 0 || req.session_epoch > 0 {
             resp.error_code = ResponseError::FetchSessionIdNotFound.code();
@@ -98,16 +103,27 @@ impl Broker {
                 }
                 for t in &topics {
                     let counters = self.core.topic_counters(&t.topic.0);
+                    let (mut flow_bytes, mut flow_records) = (0u64, 0u64);
                     for p in &t.partitions {
                         let bytes = p.records.as_ref().map_or(&[][..], |b| &b[..]);
+                        let records = runnel_core::counters::records_in_batches(bytes);
+                        flow_bytes += bytes.len() as u64;
+                        flow_records += records;
                         counters
                             .bytes_out
                             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        counters.records_out.fetch_add(
-                            runnel_core::counters::records_in_batches(bytes),
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                        counters
+                            .records_out
+                            .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
                     }
+                    // A reader is on the picture even while nothing new comes.
+                    self.core.flows().record(
+                        client_id,
+                        &t.topic.0,
+                        runnel_core::flows::Direction::Fetch,
+                        flow_bytes,
+                        flow_records,
+                    );
                 }
                 resp.responses = topics;
                 return resp;

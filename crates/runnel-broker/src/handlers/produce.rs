@@ -100,7 +100,12 @@ impl ProduceInFlight {
 impl Broker {
     /// Validates and appends every batch of the request, in parallel across partitions.
     /// When this returns, the batches have their offsets; durability is `finish`'s job.
-    pub(crate) async fn produce(&self, req: ProduceRequest, version: i16) -> ProduceInFlight {
+    pub(crate) async fn produce(
+        &self,
+        req: ProduceRequest,
+        version: i16,
+        client_id: &str,
+    ) -> ProduceInFlight {
         let acks = req.acks;
         let valid_acks = matches!(acks, -1..=1);
         let transactional = req
@@ -140,6 +145,13 @@ impl Broker {
                     }
                 };
                 let records = pd.records.unwrap_or_default();
+                self.core.flows().record(
+                    client_id,
+                    &name,
+                    runnel_core::flows::Direction::Produce,
+                    records.len() as u64,
+                    runnel_core::counters::records_in_batches(&records),
+                );
                 let core = self.core.clone();
                 let append = tokio::task::spawn_blocking(move || {
                     let written = core

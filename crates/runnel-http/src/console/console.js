@@ -125,6 +125,9 @@ async function render() {
     if (!page) {
       node = await overviewView();
       refresh = updateOverview;
+    } else if (page === "topology") {
+      node = await topologyView();
+      refresh = updateTopology;
     } else if (page === "topics" && !name) {
       node = await topicsView();
     } else if (page === "topics" && sub === "messages") {
@@ -258,6 +261,141 @@ function drawRates(svg, root) {
     svgEl("line", { x1: 0, y1: 150, x2: 600, y2: 150, class: "axis" }),
     svgEl("polyline", { points: line("recordsIn"), class: "in" }),
     svgEl("polyline", { points: line("recordsOut"), class: "out" }));
+}
+
+// ---- topology ---------------------------------------------------------------------------
+
+// The essays' figures from live data: producers (by client id) -> topics -> consumer
+// groups (and readers outside any group). Edge rates are differences of the broker's
+// running totals between polls; an edge quiet for IDLE_MS fades.
+const IDLE_MS = 30000;
+const ROW = 44;
+const topo = { last: null, rates: new Map() };
+
+function topoRates(t) {
+  const now = Date.now();
+  const totals = new Map();
+  const add = (key, bytes, records) => {
+    const v = totals.get(key) || { bytes: 0, records: 0 };
+    totals.set(key, { bytes: v.bytes + bytes, records: v.records + records });
+  };
+  for (const p of t.producers) add(`p|${p.client_id}|${p.topic}`, p.bytes, p.records);
+  const groupOf = new Map();
+  for (const g of t.groups) for (const c of g.clients) groupOf.set(c, g.group);
+  for (const f of t.fetchers) {
+    const g = groupOf.get(f.client_id);
+    add(g !== undefined ? `g|${g}|${f.topic}` : `c|${f.client_id}|${f.topic}`, f.bytes, f.records);
+  }
+  if (topo.last) {
+    const dt = (now - topo.last.at) / 1000;
+    for (const [key, v] of totals) {
+      const before = topo.last.totals.get(key);
+      if (before && dt > 0) topo.rates.set(key, Math.max(0, (v.records - before.records) / dt));
+    }
+  }
+  topo.last = { at: now, totals };
+}
+
+function drawTopology(t) {
+  topoRates(t);
+  const groupOf = new Map();
+  for (const g of t.groups) for (const c of g.clients) groupOf.set(c, g.group);
+  const producers = [...new Set(t.producers.map((p) => p.client_id))].sort();
+  const loose = [...new Set(t.fetchers.filter((f) => !groupOf.has(f.client_id)).map((f) => f.client_id))].sort();
+  const consumers = [...t.groups.map((g) => ({ id: `g|${g.group}`, label: g.group, sub: `${g.members} member${g.members === 1 ? "" : "s"}, ${g.state}` })),
+    ...loose.map((c) => ({ id: `c|${c}`, label: c, sub: "reader, no group" }))];
+  const rows = Math.max(producers.length, t.topics.length, consumers.length, 1);
+  const height = rows * ROW + 40;
+  const x = [150, 450, 750];
+  const y = (i, n) => 30 + (i + 0.5) * ((rows * ROW) / n);
+  const pos = new Map();
+  producers.forEach((p, i) => pos.set(`p|${p}`, { x: x[0], y: y(i, producers.length) }));
+  t.topics.forEach((name, i) => pos.set(`t|${name}`, { x: x[1], y: y(i, t.topics.length) }));
+  consumers.forEach((c, i) => pos.set(c.id, { x: x[2], y: y(i, consumers.length) }));
+
+  const svg = svgEl("svg", { id: "topology", viewBox: `0 0 900 ${height}`, role: "img" });
+  const edges = svgEl("g", { class: "edges" });
+  const nodes = svgEl("g", { class: "nodes" });
+  svg.append(edges, nodes);
+  const edge = (from, to, key, last) => {
+    const a = pos.get(from);
+    const b = pos.get(to);
+    if (!a || !b) return;
+    const idle = t.now_ms - last > IDLE_MS;
+    const rate = topo.rates.get(key) || 0;
+    const x1 = a.x + 90;
+    const x2 = b.x - 90;
+    const mid = (x1 + x2) / 2;
+    const width = 1.5 + Math.min(6, Math.log10(1 + rate) * 1.5);
+    const g = svgEl("g", { class: idle ? "edge idle" : "edge", "data-edge": `${from}->${to}` });
+    g.append(svgEl("path", { d: `M${x1},${a.y} C${mid},${a.y} ${mid},${b.y} ${x2},${b.y}`, "stroke-width": width }));
+    const label = svgEl("text", { x: mid, y: (a.y + b.y) / 2 - 4, class: "rate" });
+    label.textContent = idle ? "idle" : `${Math.round(rate)}/s`;
+    g.append(label);
+    edges.append(g);
+  };
+  for (const p of t.producers) edge(`p|${p.client_id}`, `t|${p.topic}`, `p|${p.client_id}|${p.topic}`, p.last_ms);
+  const lastRead = new Map();
+  for (const f of t.fetchers) {
+    const g = groupOf.get(f.client_id);
+    const id = g !== undefined ? `g|${g}` : `c|${f.client_id}`;
+    const key = `${id}|${f.topic}`;
+    lastRead.set(key, Math.max(lastRead.get(key) || 0, f.last_ms));
+  }
+  for (const g of t.groups) {
+    for (const gt of g.topics) {
+      const key = `g|${g.group}|${gt.topic}`;
+      edge(`t|${gt.topic}`, `g|${g.group}`, key, lastRead.get(key) || 0);
+    }
+  }
+  for (const f of t.fetchers) {
+    if (!groupOf.has(f.client_id)) edge(`t|${f.topic}`, `c|${f.client_id}`, `c|${f.client_id}|${f.topic}`, f.last_ms);
+  }
+  const node = (id, label, sub, kind, href) => {
+    const p = pos.get(id);
+    const g = svgEl("g", { class: `node ${kind}`, "data-node": id });
+    g.append(svgEl("rect", { x: p.x - 90, y: p.y - 16, width: 180, height: 32, rx: 6 }));
+    const text = svgEl("text", { x: p.x, y: sub ? p.y - 2 : p.y + 5, class: "label" });
+    text.textContent = label.length > 24 ? label.slice(0, 23) + "…" : label;
+    g.append(text);
+    if (sub) {
+      const s2 = svgEl("text", { x: p.x, y: p.y + 11, class: "sub" });
+      s2.textContent = sub;
+      g.append(s2);
+    }
+    const title = svgEl("title", {});
+    title.textContent = label;
+    g.append(title);
+    if (href) {
+      const a = svgEl("a", { href });
+      a.append(g);
+      nodes.append(a);
+    } else {
+      nodes.append(g);
+    }
+  };
+  producers.forEach((p) => node(`p|${p}`, p, "producer", "producer"));
+  t.topics.forEach((name) => node(`t|${name}`, name, null, "topic", `#/topics/${enc(name)}`));
+  for (const g of t.groups) {
+    const lag = g.topics.reduce((s, x) => s + (x.lag || 0), 0);
+    node(`g|${g.group}`, g.group, `${g.members} member${g.members === 1 ? "" : "s"}, lag ${lag}`, lag > 0 ? "group lagging" : "group", `#/groups/${enc(g.group)}`);
+  }
+  loose.forEach((c) => node(`c|${c}`, c, "reader, no group", "reader"));
+  return svg;
+}
+
+async function topologyView() {
+  const t = await api("/topology");
+  return el("section", {},
+    el("h1", {}, "Topology"),
+    el("p", { class: "muted" }, "Producers (by client id) write to topics; consumer groups read them. Edges show records per second and fade after 30 s without traffic."),
+    el("div", { id: "topology-box" }, drawTopology(t)));
+}
+
+async function updateTopology() {
+  const t = await api("/topology");
+  const box = document.getElementById("topology-box");
+  if (box) box.replaceChildren(drawTopology(t));
 }
 
 // ---- topics ---------------------------------------------------------------------------
