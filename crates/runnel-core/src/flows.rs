@@ -44,6 +44,9 @@ type Key = (String, String, Direction);
 #[derive(Debug, Default)]
 pub struct Flows {
     flows: Mutex<HashMap<Key, Flow>>,
+    /// The group each client id last joined, and when: a member's reads stay its
+    /// group's after it left. Bounded as the flows are.
+    groups: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl Flows {
@@ -111,6 +114,33 @@ impl Flows {
         out
     }
 
+    /// Remembers that `client_id` joined `group`.
+    pub fn joined(&self, client_id: &str, group: &str) {
+        let client: String = client_id.chars().take(CLIENT_ID_CHARS_MAX).collect();
+        let now = crate::now_ms();
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if !groups.contains_key(&client) && groups.len() >= FLOWS_MAX {
+            let oldest = groups
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                groups.remove(&k);
+            }
+        }
+        groups.insert(client, (group.to_string(), now));
+    }
+
+    /// The group `client_id` last joined, if it is remembered.
+    #[must_use]
+    pub fn group_of(&self, client_id: &str) -> Option<String> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_id)
+            .map(|(g, _)| g.clone())
+    }
+
     /// Forgets a deleted topic's flows.
     pub fn forget_topic(&self, topic: &str) {
         self.flows
@@ -156,5 +186,9 @@ mod tests {
         assert!(f.since(5000)[0].client_id.len() == CLIENT_ID_CHARS_MAX);
         f.forget_topic("t");
         assert!(f.since(0).iter().all(|x| x.topic != "t"));
+        f.joined("barista-1", "baristas");
+        f.joined("barista-1", "baristas-v2");
+        assert_eq!(f.group_of("barista-1").as_deref(), Some("baristas-v2"));
+        assert_eq!(f.group_of("nobody"), None);
     }
 }

@@ -636,7 +636,17 @@ async fn topology(State(s): State<AppState>) -> Json<Value> {
                 let behind = end.map_or(0, |e| (e - c.offset).max(0));
                 *lag.entry(topic).or_insert(None).get_or_insert(0) += behind;
             }
-            let clients: BTreeSet<&str> = d.members.iter().map(|m| m.client_id.as_str()).collect();
+            // Current members, and readers that last joined this group (they may have
+            // left it since, or be between rebalances).
+            let mut clients: BTreeSet<String> =
+                d.members.iter().map(|m| m.client_id.clone()).collect();
+            for f in &flows {
+                if f.direction == runnel_core::flows::Direction::Fetch
+                    && b.core().flows().group_of(&f.client_id).as_deref() == Some(d.group_id.as_str())
+                {
+                    clients.insert(f.client_id.clone());
+                }
+            }
             json!({
                 "group": d.group_id,
                 "state": d.state.as_str(),

@@ -92,6 +92,7 @@ impl Broker {
         client_id: &str,
         client_host: &str,
     ) -> JoinGroupResponse {
+        self.core.flows().joined(client_id, &req.group_id.0);
         let join = runnel_group::JoinRequest {
             group_id: req.group_id.0.to_string(),
             member_id: req.member_id.to_string(),

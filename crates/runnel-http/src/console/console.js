@@ -270,7 +270,17 @@ function drawRates(svg, root) {
 // running totals between polls; an edge quiet for IDLE_MS fades.
 const IDLE_MS = 30000;
 const ROW = 44;
-const topo = { last: null, rates: new Map() };
+// `clientGroup` remembers which group a client id was last seen in, so a member's reads
+// stay drawn to its group after it left.
+const topo = { last: null, rates: new Map(), clientGroup: new Map() };
+
+function groupsOfClients(t) {
+  for (const g of t.groups) for (const c of g.clients) topo.clientGroup.set(c, g.group);
+  const groups = new Set(t.groups.map((g) => g.group));
+  const map = new Map();
+  for (const [c, g] of topo.clientGroup) if (groups.has(g)) map.set(c, g);
+  return map;
+}
 
 function topoRates(t) {
   const now = Date.now();
@@ -280,8 +290,7 @@ function topoRates(t) {
     totals.set(key, { bytes: v.bytes + bytes, records: v.records + records });
   };
   for (const p of t.producers) add(`p|${p.client_id}|${p.topic}`, p.bytes, p.records);
-  const groupOf = new Map();
-  for (const g of t.groups) for (const c of g.clients) groupOf.set(c, g.group);
+  const groupOf = groupsOfClients(t);
   for (const f of t.fetchers) {
     const g = groupOf.get(f.client_id);
     add(g !== undefined ? `g|${g}|${f.topic}` : `c|${f.client_id}|${f.topic}`, f.bytes, f.records);
@@ -298,8 +307,7 @@ function topoRates(t) {
 
 function drawTopology(t) {
   topoRates(t);
-  const groupOf = new Map();
-  for (const g of t.groups) for (const c of g.clients) groupOf.set(c, g.group);
+  const groupOf = groupsOfClients(t);
   const producers = [...new Set(t.producers.map((p) => p.client_id))].sort();
   const loose = [...new Set(t.fetchers.filter((f) => !groupOf.has(f.client_id)).map((f) => f.client_id))].sort();
   const consumers = [...t.groups.map((g) => ({ id: `g|${g.group}`, label: g.group, sub: `${g.members} member${g.members === 1 ? "" : "s"}, ${g.state}` })),
@@ -356,7 +364,7 @@ function drawTopology(t) {
     const g = svgEl("g", { class: `node ${kind}`, "data-node": id });
     g.append(svgEl("rect", { x: p.x - 90, y: p.y - 16, width: 180, height: 32, rx: 6 }));
     const text = svgEl("text", { x: p.x, y: sub ? p.y - 2 : p.y + 5, class: "label" });
-    text.textContent = label.length > 24 ? label.slice(0, 23) + "…" : label;
+    text.textContent = label.length > 20 ? label.slice(0, 19) + "…" : label;
     g.append(text);
     if (sub) {
       const s2 = svgEl("text", { x: p.x, y: p.y + 11, class: "sub" });
