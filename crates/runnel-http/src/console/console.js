@@ -305,13 +305,20 @@ function topoRates(t) {
   topo.last = { at: now, totals };
 }
 
-function drawTopology(t) {
+function drawTopology(data) {
+  let t = data;
   topoRates(t);
   const groupOf = groupsOfClients(t);
   const producers = [...new Set(t.producers.map((p) => p.client_id))].sort();
   const loose = [...new Set(t.fetchers.filter((f) => !groupOf.has(f.client_id)).map((f) => f.client_id))].sort();
   const consumers = [...t.groups.map((g) => ({ id: `g|${g.group}`, label: g.group, sub: `${g.members} member${g.members === 1 ? "" : "s"}, ${g.state}` })),
     ...loose.map((c) => ({ id: `c|${c}`, label: c, sub: "reader, no group" }))];
+  // Topics nobody wrote to or read recently (dead-letter topics, mostly) stay off the
+  // picture; the topics page lists them all.
+  const linked = new Set([...t.producers.map((p) => p.topic), ...t.fetchers.map((f) => f.topic),
+    ...t.groups.flatMap((g) => g.topics.map((x) => x.topic))]);
+  const quiet = t.topics.filter((name) => !linked.has(name)).length;
+  t = { ...t, topics: t.topics.filter((name) => linked.has(name)), quiet };
   const rows = Math.max(producers.length, t.topics.length, consumers.length, 1);
   const height = rows * ROW + 40;
   const x = [150, 450, 750];
@@ -330,15 +337,16 @@ function drawTopology(t) {
     const b = pos.get(to);
     if (!a || !b) return;
     const idle = t.now_ms - last > IDLE_MS;
-    const rate = topo.rates.get(key) || 0;
+    const rate = topo.rates.get(key);
     const x1 = a.x + 90;
     const x2 = b.x - 90;
     const mid = (x1 + x2) / 2;
-    const width = 1.5 + Math.min(6, Math.log10(1 + rate) * 1.5);
+    const width = 1.5 + Math.min(6, Math.log10(1 + (rate || 0)) * 1.5);
     const g = svgEl("g", { class: idle ? "edge idle" : "edge", "data-edge": `${from}->${to}` });
     g.append(svgEl("path", { d: `M${x1},${a.y} C${mid},${a.y} ${mid},${b.y} ${x2},${b.y}`, "stroke-width": width }));
     const label = svgEl("text", { x: mid, y: (a.y + b.y) / 2 - 4, class: "rate" });
-    label.textContent = idle ? "idle" : `${Math.round(rate)}/s`;
+    // A rate needs two polls; until then the edge shows only that it is there.
+    label.textContent = idle ? "idle" : rate === undefined ? "" : `${Math.round(rate)}/s`;
     g.append(label);
     edges.append(g);
   };
@@ -364,7 +372,8 @@ function drawTopology(t) {
     const g = svgEl("g", { class: `node ${kind}`, "data-node": id });
     g.append(svgEl("rect", { x: p.x - 90, y: p.y - 16, width: 180, height: 32, rx: 6 }));
     const text = svgEl("text", { x: p.x, y: sub ? p.y - 2 : p.y + 5, class: "label" });
-    text.textContent = label.length > 20 ? label.slice(0, 19) + "…" : label;
+    // Client ids often share a long prefix: the end tells them apart.
+    text.textContent = label.length > 20 ? "…" + label.slice(-19) : label;
     g.append(text);
     if (sub) {
       const s2 = svgEl("text", { x: p.x, y: p.y + 11, class: "sub" });
@@ -396,7 +405,7 @@ async function topologyView() {
   const t = await api("/topology");
   return el("section", {},
     el("h1", {}, "Topology"),
-    el("p", { class: "muted" }, "Producers (by client id) write to topics; consumer groups read them. Edges show records per second and fade after 30 s without traffic."),
+    el("p", { class: "muted" }, "Producers (by client id) write to topics; consumer groups read them. Edges show records per second and fade after 30 s without traffic. Topics without recent traffic are left out."),
     el("div", { id: "topology-box" }, drawTopology(t)));
 }
 

@@ -39,6 +39,16 @@ pub struct DemoArgs {
     /// Keep the data directory (logs, state) after the demo.
     #[arg(long)]
     keep: bool,
+    /// Where the started broker serves its HTTP API and web console, to watch the
+    /// demo live [default: a free port on 127.0.0.1, printed at the start].
+    #[arg(long, value_name = "HOST:PORT")]
+    console: Option<std::net::SocketAddr>,
+}
+
+/// A port on 127.0.0.1 that nothing listens on now (the broker takes it a moment
+/// later).
+fn free_local_port() -> std::io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// The essay ideas a line of the story can show.
@@ -264,6 +274,10 @@ fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     let bootstrap = match &args.bootstrap {
         Some(b) => b.clone(),
         None => {
+            let console = match args.console {
+                Some(a) => a,
+                None => free_local_port().context("finding a free port for the console")?,
+            };
             let p = Proc::start(
                 "broker",
                 vec![
@@ -271,7 +285,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
                     "--listen".into(),
                     "127.0.0.1:0".into(),
                     "--http".into(),
-                    "127.0.0.1:0".into(),
+                    console.to_string(),
                     "--data-dir".into(),
                     dir.join("broker").display().to_string(),
                     "--partitions".into(),
@@ -284,6 +298,9 @@ fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
             )?;
             let addr = p.addr().to_string();
             println!("runnel demo: a Runnel broker on {addr} (`runnel serve`)");
+            println!(
+                "runnel demo: watch it in the web console: http://{console}/#/topology"
+            );
             broker = Some(p);
             addr
         }
