@@ -298,9 +298,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
             )?;
             let addr = p.addr().to_string();
             println!("runnel demo: a Runnel broker on {addr} (`runnel serve`)");
-            println!(
-                "runnel demo: watch it in the web console: http://{console}/#/topology"
-            );
+            println!("runnel demo: watch it in the web console: http://{console}/#/topology");
             broker = Some(p);
             addr
         }
