@@ -47,6 +47,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ),
     ("get", "/api/v1/groups"),
     ("get", "/api/v1/groups/{group}"),
+    ("delete", "/api/v1/groups/{group}"),
+    ("post", "/api/v1/groups/{group}/offsets"),
     ("get", "/"),
     ("get", "/console.js"),
     ("get", "/console.css"),
@@ -92,7 +94,14 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
         )
         .route("/api/v1/topics/{topic}/tail", get(crate::tail::tail))
         .route("/api/v1/groups", get(list_groups))
-        .route("/api/v1/groups/{group}", get(describe_group))
+        .route(
+            "/api/v1/groups/{group}",
+            get(describe_group).delete(delete_group),
+        )
+        .route(
+            "/api/v1/groups/{group}/offsets",
+            axum::routing::post(reset_offsets),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::console::same_origin))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -583,6 +592,144 @@ async fn overview(State(s): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// Deletes a group that has no members, with its committed offsets (Kafka's
+/// DeleteGroups). A group known only by its committed offsets has those deleted.
+async fn delete_group(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<StatusCode> {
+    let groups = s.broker.groups().clone();
+    let known = !groups.offsets.group(&group).is_empty();
+    match groups.with(|c, _, _| c.delete(&group)) {
+        Ok(()) => {}
+        Err(runnel_group::GroupError::GroupIdNotFound) if known => {}
+        Err(runnel_group::GroupError::NonEmptyGroup) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "group_not_empty",
+                format!("group {group:?} has members: stop them first"),
+            ));
+        }
+        Err(_) => return Err(unknown_group(&group)),
+    }
+    blocking(move || groups.offsets.delete_group(&group))
+        .await?
+        .map_err(|e| ApiError::from_log(&e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn unknown_group(group: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_group",
+        format!("group {group:?} does not exist"),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    /// The topic whose partitions move.
+    topic: String,
+    /// `earliest`, `latest`, `offset` or `timestamp`.
+    to: String,
+    /// The offset (for `offset`) or the time in ms (for `timestamp`).
+    value: Option<i64>,
+    /// Only say where each partition would move.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Moves a group's committed offsets on every partition of a topic, as
+/// `kafka-consumer-groups --reset-offsets` does: to the earliest or latest offset, an
+/// offset (kept within the log), or the first offset at a time. Only while the group
+/// has no members (they would overwrite it); `dry_run` answers the plan and changes
+/// nothing.
+async fn reset_offsets(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+    body: Result<Json<ResetBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body?;
+    let groups = s.broker.groups().clone();
+    let members = groups.read(|c| c.describe(&group).map(|d| d.members.len()));
+    if !body.dry_run && members.is_some_and(|n| n > 0) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "group_not_empty",
+            format!("group {group:?} has members: stop them before resetting its offsets"),
+        ));
+    }
+    let topic = s
+        .broker
+        .log()
+        .topic(&body.topic)
+        .ok_or_else(|| ApiError::from_log(&LogError::UnknownTopic(body.topic.clone())))?;
+    let (to, value) = (body.to.clone(), body.value);
+    let needs_value = matches!(to.as_str(), "offset" | "timestamp");
+    if !matches!(to.as_str(), "earliest" | "latest" | "offset" | "timestamp")
+        || (needs_value && value.is_none())
+    {
+        return Err(ApiError::bad_request(
+            "to must be earliest, latest, offset (with value) or timestamp (with value)",
+        ));
+    }
+    let current = groups.offsets.group(&group);
+    let partitions = topic.partitions();
+    let name = body.topic.clone();
+    let plan = blocking(move || -> Result<Vec<(i32, i64)>, LogError> {
+        let mut plan = Vec::new();
+        for p in partitions {
+            let (start, end) = (p.log_start_offset().0 as i64, p.high_watermark().0 as i64);
+            let target = match (to.as_str(), value) {
+                ("earliest", _) => start,
+                ("offset", Some(v)) => v.clamp(start, end),
+                ("timestamp", Some(ts)) => p
+                    .offset_for_timestamp(ts)?
+                    .map_or(end, |b| (b.base_offset.0 as i64).max(start)),
+                _ => end,
+            };
+            plan.push((p.id().0 as i32, target));
+        }
+        Ok(plan)
+    })
+    .await?
+    .map_err(|e| ApiError::from_log(&e))?;
+    if !body.dry_run {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let entries: Vec<runnel_core::offsets::OffsetChange> = plan
+            .iter()
+            .map(|(p, offset)| {
+                (
+                    (name.clone(), *p),
+                    Some(runnel_core::offsets::Committed {
+                        offset: *offset,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                        commit_ms: now,
+                    }),
+                )
+            })
+            .collect();
+        let (g, store) = (group.clone(), groups.clone());
+        blocking(move || store.offsets.write(&g, &entries))
+            .await?
+            .map_err(|e| ApiError::from_log(&e))?;
+    }
+    let offsets: Vec<Value> = plan
+        .iter()
+        .map(|(p, to)| {
+            let from = current.get(&(name.clone(), *p)).map(|c| c.offset);
+            json!({"topic": name, "partition": p, "from": from, "to": to})
+        })
+        .collect();
+    Ok(Json(
+        json!({"group": group, "dry_run": body.dry_run, "offsets": offsets}),
+    ))
+}
+
 /// How long a client stays on the topology after its last request.
 const TOPOLOGY_WINDOW_MS: i64 = 10 * 60 * 1000;
 
@@ -688,12 +835,19 @@ async fn describe_group(
     Path(group): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let groups = s.broker.groups();
-    let Some(d) = groups.read(|c| c.describe(&group)) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_group",
-            format!("group {group:?} does not exist"),
-        ));
+    // A group known only by its committed offsets (written without joining) is an
+    // empty group, as Kafka lists it.
+    let d = match groups.read(|c| c.describe(&group)) {
+        Some(d) => d,
+        None if !groups.offsets.group(&group).is_empty() => runnel_group::GroupDescription {
+            group_id: group.clone(),
+            state: runnel_group::GroupState::Empty,
+            protocol_type: String::new(),
+            protocol_name: String::new(),
+            generation_id: 0,
+            members: Vec::new(),
+        },
+        None => return Err(unknown_group(&group)),
     };
     let members: Vec<Value> = d
         .members

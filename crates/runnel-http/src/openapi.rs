@@ -83,6 +83,17 @@ fn operation(method: &str, path: &str) -> Value {
         ("get", "/api/v1/groups") => {
             json!({"summary": "List consumer groups", "responses": {"200": ok("Groups")}})
         }
+        ("delete", "/api/v1/groups/{group}") => json!({
+            "summary": "Delete a group without members, and its committed offsets",
+            "parameters": [path_param("group", "string", "The group.")],
+            "responses": {"204": {"description": "Deleted"}, "404": error, "409": error}
+        }),
+        ("post", "/api/v1/groups/{group}/offsets") => json!({
+            "summary": "Reset a group's committed offsets on a topic (the group must have no members unless dry_run)",
+            "parameters": [path_param("group", "string", "The group.")],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reset"}}}},
+            "responses": {"200": ok("Each partition's committed offset before and after"), "400": error, "404": error, "409": error, "413": error, "415": error, "422": error}
+        }),
         ("get", "/api/v1/groups/{group}") => json!({
             "summary": "Describe a consumer group",
             "parameters": [path_param("group", "string", "The group.")],
@@ -125,6 +136,11 @@ pub fn openapi() -> Value {
                 "name": {"type": "string", "pattern": "^[a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*$", "maxLength": 249},
                 "partitions": {"type": "integer", "nullable": true, "minimum": 1, "maximum": runnel_log::config::PARTITIONS_MAX},
                 "config": config_schema()}},
+            "Reset": {"type": "object", "required": ["topic", "to"], "additionalProperties": false, "properties": {
+                "topic": {"type": "string"},
+                "to": {"type": "string", "enum": ["earliest", "latest", "offset", "timestamp"]},
+                "value": {"type": "integer", "nullable": true, "minimum": i64::MIN, "maximum": i64::MAX},
+                "dry_run": {"type": "boolean"}}},
             "Produce": {"type": "object", "required": ["records"], "additionalProperties": false, "properties": {
                 "records": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "properties": {
                     "key": {"type": "string", "nullable": true},

@@ -823,3 +823,104 @@ async fn the_topology_names_recent_producers_topics_and_groups() {
     assert_eq!(t["fetchers"][0]["bytes"], 300);
     assert!(t["producers"][0]["last_ms"].as_i64().unwrap() <= t["now_ms"].as_i64().unwrap());
 }
+
+#[tokio::test]
+async fn a_groups_offsets_are_reset_with_a_dry_run_first_and_an_empty_group_deleted() {
+    let f = fixture("reset");
+    post(&f, "/api/v1/topics", r#"{"name":"jobs","partitions":2}"#).await;
+    for p in 0..2 {
+        let body = format!(
+            r#"{{"records":[{{"value":"a","partition":{p}}},{{"value":"b","partition":{p}}},{{"value":"c","partition":{p}}}]}}"#
+        );
+        post(&f, "/api/v1/topics/jobs/records", &body).await;
+    }
+    let commit = |offset| Committed {
+        offset,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_ms: 1,
+    };
+    f.broker
+        .groups()
+        .offsets
+        .write(
+            "workers",
+            &[
+                (("jobs".into(), 0), Some(commit(1))),
+                (("jobs".into(), 1), Some(commit(3))),
+            ],
+        )
+        .unwrap();
+    // A dry run says where each partition would go and changes nothing.
+    let (status, plan) = post(
+        &f,
+        "/api/v1/groups/workers/offsets",
+        r#"{"topic":"jobs","to":"earliest","dry_run":true}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(
+        plan["offsets"],
+        json!([
+            {"topic": "jobs", "partition": 0, "from": 1, "to": 0},
+            {"topic": "jobs", "partition": 1, "from": 3, "to": 0}
+        ])
+    );
+    assert_eq!(
+        f.broker
+            .groups()
+            .offsets
+            .get("workers", "jobs", 0)
+            .unwrap()
+            .offset,
+        1
+    );
+    // Then for real: an offset beyond the end is kept within the log.
+    let (status, done) = post(
+        &f,
+        "/api/v1/groups/workers/offsets",
+        r#"{"topic":"jobs","to":"offset","value":99}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(
+        f.broker
+            .groups()
+            .offsets
+            .get("workers", "jobs", 0)
+            .unwrap()
+            .offset,
+        3
+    );
+    let (_, described) = get(&f, "/api/v1/groups/workers").await;
+    assert_eq!(described["offsets"][0]["lag"], 0);
+    assert_error(
+        &post(
+            &f,
+            "/api/v1/groups/workers/offsets",
+            r#"{"topic":"jobs","to":"offset"}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &f,
+            "/api/v1/groups/workers/offsets",
+            r#"{"topic":"nope","to":"latest"}"#,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+    );
+    // Deleting the group (known by its offsets) removes them; a second time it is gone.
+    let (status, _) = call(&f, Method::DELETE, "/api/v1/groups/workers", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(f.broker.groups().offsets.group("workers").is_empty());
+    assert_error(
+        &call(&f, Method::DELETE, "/api/v1/groups/workers", None).await,
+        StatusCode::NOT_FOUND,
+        "unknown_group",
+    );
+}

@@ -537,6 +537,42 @@ async function main() {
       await shot(page, 'group');
     });
 
+    await step('reset the empty group\'s offsets: a preview, then for real', 30000, async () => {
+      await visit(page, groupHash);
+      await page.selectOption('#reset-topic', groupTopic);
+      await page.selectOption('#reset-to', 'earliest');
+      check(await page.$eval('#reset-execute', (b) => b.disabled), 'reset disabled before a preview');
+      const before = await api(`/api/v1/groups/${encodeURIComponent(group)}`);
+      await page.click('#reset-preview');
+      await page.waitForSelector('#reset-rows tr[data-partition]', { timeout: 5000 });
+      for (const p of [0, 1]) {
+        const sel = `#reset-rows tr[data-partition=${attr(`${groupTopic}-${p}`)}]`;
+        equal(num(await text(page, `${sel} .to`)), 0, `${sel} would go to the start`);
+      }
+      const after = await api(`/api/v1/groups/${encodeURIComponent(group)}`);
+      equal(JSON.stringify(after.offsets), JSON.stringify(before.offsets), 'a preview changes nothing');
+      await page.click('#reset-execute');
+      await until('the committed offsets at the start', 10000, async () => {
+        const g = await api(`/api/v1/groups/${encodeURIComponent(group)}`);
+        return g.offsets.every((o) => o.committed === 0);
+      });
+      await visit(page, groupHash);
+      const lags = await checkLag(page, group, groupTopic);
+      equal(JSON.stringify(lags), JSON.stringify({ 0: 8, 1: 4 }), 'lag after the reset: everything');
+      check(await page.$('#lag-chart polyline'), 'the lag chart');
+    });
+
+    await step('follow a topic live', 30000, async () => {
+      await visit(page, `#/topics/${encodeURIComponent(groupTopic)}/messages`);
+      await page.click('#follow');
+      await sleep(500);
+      produce(groupTopic, 1, ['live\t<b>followed</b>']);
+      await page.waitForSelector('#messages tr.record.live', { timeout: 15000 });
+      equal(await text(page, '#messages tr.record.live .value'), '<b>followed</b>', 'the followed record, as text');
+      equal(await page.$$('#messages b').then((b) => b.length), 0, 'no markup from the record');
+      await page.click('#follow');
+    });
+
     await step('every route by the nav, with screenshots', 30000, async () => {
       await visit(page, '#/');
       // Some traffic while the overview polls, so its rates chart has something to draw.
@@ -551,7 +587,7 @@ async function main() {
       for (const t of [topic, groupTopic]) check(await page.$(`#topics tr[data-topic=${attr(t)}]`), `${t} listed`);
       const gt = `#topics tr[data-topic=${attr(groupTopic)}]`;
       equal(num(await text(page, `${gt} .partitions`)), 2, `${gt} .partitions`);
-      equal(num(await text(page, `${gt} .end`)), 12, `${gt} .end (the partitions' end offsets added up)`);
+      equal(num(await text(page, `${gt} .end`)), 13, `${gt} .end (the partitions' end offsets added up: 12, and the one followed live)`);
       await shot(page, 'topics');
       await page.click('nav a[data-nav="groups"]');
       await ready(page, '#/groups');
@@ -605,6 +641,17 @@ async function main() {
       equal(await page.$$(`#topics tr[data-topic=${attr(topic)}]`).then((r) => r.length), 0, 'rows of the deleted topic');
       check(await page.$(`#topics tr[data-topic=${attr(groupTopic)}]`), 'the other topic still listed');
       equal(await apiStatus(`/api/v1/topics/${encodeURIComponent(topic)}`), 404, 'the deleted topic in the API');
+    });
+
+    await step('delete the empty group, after confirming', 20000, async () => {
+      await visit(page, groupHash);
+      await page.click('#delete-group');
+      equal(await apiStatus(`/api/v1/groups/${encodeURIComponent(group)}`), 200, 'nothing deleted before the confirmation');
+      await page.click('#confirm-delete-group');
+      await page.waitForFunction(() => location.hash === '#/groups', null, { timeout: 10000 });
+      await page.waitForSelector('main[data-state="ready"]', { timeout: 10000 });
+      equal(await page.$$(`#groups tr[data-group=${attr(group)}]`).then((r) => r.length), 0, 'the deleted group listed');
+      equal(await apiStatus(`/api/v1/groups/${encodeURIComponent(group)}`), 404, 'the deleted group in the API');
     });
 
     await step('only GET, POST and DELETE to the API', 1000, async () => {

@@ -112,6 +112,7 @@ function route() {
 
 async function render() {
   clearTimeout(refreshTimer);
+  stopTail();
   const serial = ++renderSerial;
   const { parts, query } = route();
   const [page, name, sub] = parts;
@@ -138,6 +139,7 @@ async function render() {
       node = await groupsView();
     } else if (page === "groups") {
       node = await groupView(name);
+      refresh = updateGroup;
     } else {
       throw new Error("no such page");
     }
@@ -554,7 +556,8 @@ async function messagesView(name, query) {
       el("a", { href: `#/topics/${enc(name)}` }, name), " / "),
     el("h1", {}, "Messages"),
     el("div", { class: "controls" }, partitionSelect, startSelect, offsetInput,
-      el("button", { id: "load", onclick: load }, "Load"), search),
+      el("button", { id: "load", onclick: load }, "Load"), search,
+      el("button", { id: "follow", onclick: (e) => follow(e.target, name, partition) }, "Follow live")),
     rows.length ? table("messages", ["Partition", "Offset", "Time", "Key", "Value", "Headers"], rows)
       : el("p", { id: "messages", class: "muted" }, "No records here."),
     next,
@@ -564,6 +567,40 @@ async function messagesView(name, query) {
       el("label", {}, "Value ", el("textarea", { name: "value", rows: 3 })),
       el("label", {}, "Headers (one name=value per line) ", el("textarea", { name: "headers", rows: 2 })),
       el("button", { type: "submit" }, "Produce")));
+}
+
+// The live tail: new records over server-sent events, newest first, at most TAIL_ROWS.
+const TAIL_ROWS = 500;
+let tail = null;
+
+function stopTail() {
+  if (tail) tail.close();
+  tail = null;
+}
+
+function follow(button, name, partition) {
+  if (tail) {
+    stopTail();
+    button.textContent = "Follow live";
+    return;
+  }
+  const q = new URLSearchParams({ from: "latest" });
+  if (partition !== "all") q.set("partition", partition);
+  tail = new EventSource(`/api/v1/topics/${enc(name)}/tail?${q}`);
+  button.textContent = "Stop following";
+  tail.addEventListener("record", (e) => {
+    const r = JSON.parse(e.data);
+    let body = document.querySelector("#messages tbody");
+    if (!body) {
+      const t = table("messages", ["Partition", "Offset", "Time", "Key", "Value", "Headers"], []);
+      document.getElementById("messages").replaceWith(t);
+      body = t.querySelector("tbody");
+    }
+    body.prepend(el("tr", { class: "record live", dataset: { offset: r.offset, partition: r.partition } },
+      td("partition num", r.partition), td("offset num", r.offset), td("timestamp", time(r.timestamp)),
+      td("key", shown(r.key, null)), td("value", shown(r.value, null)), td("headers")));
+    while (body.children.length > TAIL_ROWS) body.lastChild.remove();
+  });
 }
 
 async function produce(event, name) {
@@ -597,28 +634,117 @@ async function groupsView() {
       : el("p", { id: "groups", class: "muted" }, "No groups yet."));
 }
 
-async function groupView(id) {
-  const g = await api("/groups/" + enc(id));
+// Total lag per group over the polls of this page: the lag chart.
+const lagHistory = new Map();
+
+function recordLag(id, total) {
+  const h = lagHistory.get(id) || [];
+  h.push({ at: Date.now(), lag: total });
+  if (h.length > RATE_POINTS) h.shift();
+  lagHistory.set(id, h);
+  return h;
+}
+
+function drawLag(svg, h) {
+  const max = Math.max(1, ...h.map((p) => p.lag));
+  const pts = h.map((p, i) => `${(i / (RATE_POINTS - 1)) * 600},${110 - (p.lag / max) * 100}`).join(" ");
+  const top = svgEl("text", { x: 4, y: 12, class: "axis-label" });
+  top.textContent = String(max);
+  svg.replaceChildren(svgEl("line", { x1: 0, y1: 110, x2: 600, y2: 110, class: "axis" }),
+    svgEl("polyline", { points: pts, class: "out" }), top);
+}
+
+function groupTables(g) {
   const members = g.members.map((m) => el("tr", { class: "member" },
     td("client-id", m.client_id), td("host", m.client_host),
     td("assignment", m.assignment.map((a) => `${a.topic}-${a.partition}`).join(", ")),
     td("member-id muted", m.member_id)));
-  const totalLag = g.offsets.reduce((s, o) => s + (o.lag || 0), 0);
   const lag = g.offsets.map((o) => el("tr", { dataset: { partition: `${o.topic}-${o.partition}` }, class: o.lag > 0 ? "lagging" : "" },
     td("topic", el("a", { href: `#/topics/${enc(o.topic)}` }, o.topic)), td("num", o.partition),
     td("committed num", o.committed), td("end num", o.end === null ? "" : o.end),
     td("lag num", o.lag === null ? "" : o.lag)));
-  return el("section", {},
-    el("p", { class: "crumbs" }, el("a", { href: "#/groups" }, "Groups"), " / "),
-    el("h1", {}, g.group),
+  return el("div", { id: "group-tables" },
     el("p", {}, "State ", el("b", { id: "group-state" }, g.state), ", generation ", g.generation,
-      g.protocol ? `, assignor ${g.protocol}` : "", ", total lag ", el("b", { id: "total-lag" }, totalLag)),
+      g.protocol ? `, assignor ${g.protocol}` : "", ", total lag ",
+      el("b", { id: "total-lag" }, g.offsets.reduce((s2, o) => s2 + (o.lag || 0), 0))),
     el("h2", {}, "Members"),
     members.length ? table("members", ["Client id", "Host", "Partitions", "Member id"], members)
       : el("p", { id: "members", class: "muted" }, "No members: the group is empty."),
     el("h2", {}, "Committed offsets and lag"),
     lag.length ? table("lag", ["Topic", "Partition", "Committed", "End", "Lag"], lag)
       : el("p", { id: "lag", class: "muted" }, "Nothing committed yet."));
+}
+
+async function groupView(id) {
+  const g = await api("/groups/" + enc(id));
+  const chart = svgEl("svg", { id: "lag-chart", viewBox: "0 0 600 120", preserveAspectRatio: "none", role: "img" });
+  drawLag(chart, recordLag(id, g.offsets.reduce((s2, o) => s2 + (o.lag || 0), 0)));
+  const { topics } = await api("/topics");
+  const committedTopics = [...new Set(g.offsets.map((o) => o.topic))];
+  const choices = [...committedTopics, ...topics.map((t) => t.name).filter((n) => !committedTopics.includes(n))];
+  const plan = el("div", { id: "reset-plan" });
+  const topicSel = el("select", { id: "reset-topic" }, choices.map((n) => el("option", { value: n }, n)));
+  const toSel = el("select", { id: "reset-to" },
+    [["earliest", "earliest"], ["latest", "latest"], ["offset", "offset"], ["timestamp", "time (ms or ISO)"]].map(([v, l]) => el("option", { value: v }, l)));
+  const valueIn = el("input", { id: "reset-value", placeholder: "offset or time", size: 22 });
+  const execute = el("button", { id: "reset-execute", class: "danger", disabled: true }, "Reset offsets");
+  const body = (dryRun) => {
+    const b = { topic: topicSel.value, to: toSel.value, dry_run: dryRun };
+    if (toSel.value === "offset") b.value = Number(valueIn.value);
+    if (toSel.value === "timestamp") b.value = Number(valueIn.value) || Date.parse(valueIn.value);
+    return JSON.stringify(b);
+  };
+  const preview = async () => {
+    try {
+      const r = await api(`/groups/${enc(id)}/offsets`, { method: "POST", body: body(true) });
+      plan.replaceChildren(table("reset-rows", ["Topic", "Partition", "Committed now", "Would be"],
+        r.offsets.map((o) => el("tr", { dataset: { partition: `${o.topic}-${o.partition}` } },
+          td("", o.topic), td("num", o.partition), td("from num", o.from === null ? "" : o.from), td("to num", o.to)))));
+      execute.disabled = false;
+    } catch (e) {
+      setState("error", e.message);
+    }
+  };
+  for (const c of [topicSel, toSel, valueIn]) c.addEventListener("change", () => { execute.disabled = true; });
+  execute.addEventListener("click", async () => {
+    try {
+      await api(`/groups/${enc(id)}/offsets`, { method: "POST", body: body(false) });
+      go(`#/groups/${enc(id)}`);
+    } catch (e) {
+      setState("error", e.message);
+    }
+  });
+  const confirm = el("button", { id: "confirm-delete-group", class: "danger", hidden: true, onclick: async () => {
+    try {
+      await api("/groups/" + enc(id), { method: "DELETE" });
+      go("#/groups");
+    } catch (e) {
+      setState("error", e.message);
+    }
+  } }, `Really delete group ${id} and its committed offsets`);
+  return el("section", {},
+    el("p", { class: "crumbs" }, el("a", { href: "#/groups" }, "Groups"), " / "),
+    el("h1", {}, g.group),
+    el("div", { id: "group-live" }, groupTables(g)),
+    el("h2", {}, "Total lag over time"), chart,
+    el("h2", {}, "Reset offsets"),
+    el("p", { class: "muted" }, "Preview first; the reset needs the group to have no members."),
+    el("div", { class: "controls" }, topicSel, toSel, valueIn,
+      el("button", { id: "reset-preview", onclick: preview }, "Preview"), execute),
+    plan,
+    g.members.length === 0 ? el("p", { class: "actions" },
+      el("button", { id: "delete-group", class: "danger", onclick: () => { confirm.hidden = false; } }, "Delete group"),
+      " ", confirm) : null);
+}
+
+async function updateGroup() {
+  const { parts } = route();
+  const id = parts[1];
+  const g = await api("/groups/" + enc(id));
+  const live = document.getElementById("group-live");
+  if (live) live.replaceChildren(groupTables(g));
+  const chart = document.getElementById("lag-chart");
+  if (chart) drawLag(chart, recordLag(id, g.offsets.reduce((s2, o) => s2 + (o.lag || 0), 0)));
 }
 
 window.addEventListener("hashchange", render);
