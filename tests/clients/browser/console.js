@@ -13,7 +13,9 @@
 // values and headers are shown as text (script and markup in a value stay text, run
 // nothing, add no element), JSON pretty-printed, binary as hex; the start/partition
 // controls, the search filter and the produce form work; a group's members and lag
-// match the JSON API; deleting asks for confirmation first; changes are POST/DELETE;
+// match the JSON API and what the Kafka protocol reports (OffsetFetch, ListOffsets);
+// offsets reset after a preview; the empty group deleted; a topic followed live;
+// deleting asks for confirmation first; changes are POST/DELETE;
 // screenshots of every page at 1280 px and of the topics page at 390 px.
 'use strict';
 
@@ -139,6 +141,34 @@ assert p.flush(15) == 0
   if (r.error || r.status !== 0) {
     throw new Error(`binary produce: ${r.error || `exit ${r.status}`}\n${r.stderr}`);
   }
+}
+
+/**
+ * What the Kafka protocol itself says of a group's offsets on a topic: OffsetFetch for
+ * the committed offsets and ListOffsets for the ends, through confluent-kafka (a
+ * consumer that never subscribes, so the group is not joined). {partition: {committed, end}}.
+ */
+function kafkaOffsets(group, topic, partitions) {
+  const code = `
+import json, sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2], "enable.auto.commit": False})
+tps = [TopicPartition(sys.argv[3], p) for p in range(int(sys.argv[4]))]
+out = {}
+for tp in c.committed(tps, timeout=15):
+    low, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
+    out[tp.partition] = {"committed": tp.offset, "end": high}
+c.close()
+print(json.dumps(out))
+`;
+  const r = spawnSync(python, ['-c', code, kafka, group, topic, String(partitions)], {
+    timeout: 40000,
+    encoding: 'utf8',
+  });
+  if (r.error || r.status !== 0) {
+    throw new Error(`offsets over Kafka: ${r.error || `exit ${r.status}`}\n${r.stderr}`);
+  }
+  return JSON.parse(r.stdout);
 }
 
 /** A balanced kcat consumer (-G) that commits every 100 ms; killed at the end. */
@@ -692,6 +722,7 @@ async function noMarkupRan(page, where) {
 async function checkLag(page, group, topic) {
   const g = await api(`/api/v1/groups/${encodeURIComponent(group)}`);
   const t = await api(`/api/v1/topics/${encodeURIComponent(topic)}`);
+  const kafkaSays = kafkaOffsets(group, topic, 2);
   const lags = {};
   for (const p of [0, 1]) {
     const sel = `#lag tr[data-partition=${attr(`${topic}-${p}`)}]`;
@@ -706,6 +737,9 @@ async function checkLag(page, group, topic) {
     equal(end, o.end, `${sel} .end (the group's end offset)`);
     equal(lag, end - committed, `${sel} .lag`);
     equal(lag, o.lag, `${sel} .lag (the API's)`);
+    // And what a Kafka client is told over the wire, for the same data.
+    equal(committed, kafkaSays[p].committed, `${sel} .committed (OffsetFetch over Kafka)`);
+    equal(end, kafkaSays[p].end, `${sel} .end (ListOffsets over Kafka)`);
     lags[p] = lag;
   }
   return lags;
