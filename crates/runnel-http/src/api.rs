@@ -335,11 +335,18 @@ fn describe(s: &AppState, name: &str) -> ApiResult<Json<Value>> {
             )
         })
         .collect();
+    let counters = s.broker.core().topic_counters(name);
+    let total = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Ok(Json(json!({
         "name": name,
         "internal": is_internal(name),
         "partitions": partitions,
         "config": config,
+        // Running totals since the broker started: a client that polls takes rates.
+        "records_in": total(&counters.records_in),
+        "bytes_in": total(&counters.bytes_in),
+        "records_out": total(&counters.records_out),
+        "bytes_out": total(&counters.bytes_out),
     })))
 }
 

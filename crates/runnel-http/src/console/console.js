@@ -131,6 +131,7 @@ async function render() {
       refresh = updateTopology;
     } else if (page === "topics" && !name) {
       node = await topicsView();
+      refresh = updateTopics;
     } else if (page === "topics" && sub === "messages") {
       node = await messagesView(name, query);
     } else if (page === "topics") {
@@ -419,19 +420,51 @@ async function updateTopology() {
 
 // ---- topics ---------------------------------------------------------------------------
 
-async function topicsView() {
-  const { topics } = await api("/topics");
-  const details = await Promise.all(topics.map((t) => api("/topics/" + enc(t.name))));
-  const rows = details.map((t) => {
+// Records in and out per second per topic: differences of the running totals between
+// polls of the topics page.
+const topicTotals = new Map();
+
+function topicRates(t) {
+  const now = Date.now();
+  const before = topicTotals.get(t.name);
+  topicTotals.set(t.name, { at: now, in: t.records_in, out: t.records_out });
+  if (!before || now <= before.at) return { in: "", out: "" };
+  const dt = (now - before.at) / 1000;
+  return {
+    in: Math.round(Math.max(0, t.records_in - before.in) / dt),
+    out: Math.round(Math.max(0, t.records_out - before.out) / dt),
+  };
+}
+
+function topicRows(details) {
+  return details.map((t) => {
     const size = t.partitions.reduce((s, p) => s + p.size_bytes, 0);
     const end = t.partitions.reduce((s, p) => s + p.high_watermark, 0);
+    const rate = topicRates(t);
     return el("tr", { dataset: { topic: t.name } },
       td("name", el("a", { href: `#/topics/${enc(t.name)}` }, t.name),
         t.internal ? el("span", { class: "tag" }, "internal") : null),
       td("partitions num", t.partitions.length),
       td("end num", end),
-      td("size num", bytes(size)));
+      td("size num", bytes(size)),
+      td("rate-in num", rate.in),
+      td("rate-out num", rate.out));
   });
+}
+
+async function topicDetails() {
+  const { topics } = await api("/topics");
+  return Promise.all(topics.map((t) => api("/topics/" + enc(t.name))));
+}
+
+async function updateTopics() {
+  const body = document.querySelector("#topics tbody");
+  if (!body) return;
+  body.replaceChildren(...topicRows(await topicDetails()));
+}
+
+async function topicsView() {
+  const rows = topicRows(await topicDetails());
   const form = el("form", { id: "create-topic", class: "inline", onsubmit: createTopic },
     el("label", {}, "Name ", el("input", { name: "name", required: true, maxlength: 249, pattern: "[a-zA-Z0-9._\\-]+", autocomplete: "off" })),
     el("label", {}, "Partitions ", el("input", { name: "partitions", type: "number", min: 1, max: 10000, value: 1 })),
@@ -439,7 +472,7 @@ async function topicsView() {
   return el("section", {},
     el("h1", {}, "Topics"),
     form,
-    rows.length ? table("topics", ["Topic", "Partitions", "Records (end offsets)", "Size"], rows)
+    rows.length ? table("topics", ["Topic", "Partitions", "Records (end offsets)", "Size", "In/s", "Out/s"], rows)
       : el("p", { class: "muted", id: "topics" }, "No topics yet."));
 }
 
