@@ -259,19 +259,9 @@ fn a_hole_in_an_earlier_segment_removes_everything_after_it() {
 
 #[test]
 fn a_corrupt_batch_in_a_sealed_segment_is_never_served_and_reads_step_over_it() {
-    let sim = Sim::new(small_segments());
-    let log = sim.open();
-    log.create_topic("t", 1, &no_overrides()).unwrap();
-    let p = log.partition("t", PartitionId(0)).unwrap();
-    for i in 0..40 {
-        p.append(&batch(1, 300, 0, i)).unwrap();
-    }
-    drop(p);
-    log.close().unwrap();
+    let (sim, first, positions) = closed_log(small_segments(), 40);
     // After a clean shutdown sealed segments are trusted at open, so only the read
     // path can catch this.
-    let first = sim.segment_files("t", 0).remove(0);
-    let positions = batch_positions(&sim.storage.file_bytes(&first).unwrap());
     sim.storage.flip_bit(&first, positions[2] + 80, 5);
     let log = sim.open();
     let p = log.partition("t", PartitionId(0)).unwrap();
@@ -296,17 +286,7 @@ fn a_corrupt_batch_in_a_sealed_segment_is_never_served_and_reads_step_over_it() 
 
 #[test]
 fn a_damaged_length_in_a_sealed_segment_is_stepped_over_too() {
-    let sim = Sim::new(small_segments());
-    let log = sim.open();
-    log.create_topic("t", 1, &no_overrides()).unwrap();
-    let p = log.partition("t", PartitionId(0)).unwrap();
-    for i in 0..40 {
-        p.append(&batch(1, 300, 0, i)).unwrap();
-    }
-    drop(p);
-    log.close().unwrap();
-    let first = sim.segment_files("t", 0).remove(0);
-    let positions = batch_positions(&sim.storage.file_bytes(&first).unwrap());
+    let (sim, first, positions) = closed_log(small_segments(), 40);
     // The last batch of the first segment, its length made huge: nothing valid follows
     // in that segment, so reads go on in the next one.
     let last = *positions.last().unwrap();
@@ -318,21 +298,28 @@ fn a_damaged_length_in_a_sealed_segment_is_stepped_over_too() {
     assert_eq!(all, want);
 }
 
-/// A closed log of 40 one-record batches in small segments, the first segment damaged
-/// by `damage` (given the file and its batch positions) after a clean shutdown, so that
-/// open trusts it and only reads can meet the damage. Returns the offsets read back.
-fn read_back_after_damage(damage: impl FnOnce(&Sim, &std::path::Path, &[usize])) -> Vec<u64> {
-    let sim = Sim::new(small_segments());
+/// A log with topic "t" holding `batches` one-record batches, closed cleanly: the
+/// simulation, the first segment's file and its batches' positions.
+fn closed_log(config: TopicConfig, batches: u8) -> (Sim, PathBuf, Vec<usize>) {
+    let sim = Sim::new(config);
     let log = sim.open();
     log.create_topic("t", 1, &no_overrides()).unwrap();
     let p = log.partition("t", PartitionId(0)).unwrap();
-    for i in 0..40 {
+    for i in 0..batches {
         p.append(&batch(1, 300, 0, i)).unwrap();
     }
     drop(p);
     log.close().unwrap();
     let first = sim.segment_files("t", 0).remove(0);
     let positions = batch_positions(&sim.storage.file_bytes(&first).unwrap());
+    (sim, first, positions)
+}
+
+/// A closed log of 40 one-record batches in small segments, the first segment damaged
+/// by `damage` (given the file and its batch positions) after a clean shutdown, so that
+/// open trusts it and only reads can meet the damage. Returns the offsets read back.
+fn read_back_after_damage(damage: impl FnOnce(&Sim, &std::path::Path, &[usize])) -> Vec<u64> {
+    let (sim, first, positions) = closed_log(small_segments(), 40);
     assert!(positions.len() >= 6, "{positions:?}");
     damage(&sim, &first, &positions);
     let log = sim.open();
@@ -371,21 +358,15 @@ fn damaged_fields_outside_the_crc_in_a_trusted_segment_cost_only_their_batch() {
 fn a_read_that_walks_past_a_damaged_length_blames_that_batch_not_where_it_lands() {
     // An index entry every few batches: a read walks the headers from the entry below
     // its offset, and open replays only what follows the last entry.
-    let sim = Sim::new(TopicConfig {
-        segment_bytes: 1 << 20,
-        index_interval_bytes: 1000,
-        ..TopicConfig::default()
-    });
-    let log = sim.open();
-    log.create_topic("t", 1, &no_overrides()).unwrap();
-    let p = log.partition("t", PartitionId(0)).unwrap();
-    for i in 0..30 {
-        p.append(&batch(1, 300, 0, i)).unwrap();
-    }
-    drop(p);
-    log.close().unwrap();
-    let seg = sim.segment_files("t", 0).remove(0);
-    let positions = batch_positions(&sim.storage.file_bytes(&seg).unwrap());
+    let (sim, first, positions) = closed_log(
+        TopicConfig {
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 1000,
+            ..TopicConfig::default()
+        },
+        30,
+    );
+    let seg = first;
     // batchLength + 512: a walk from batch 10 lands inside batch 12.
     sim.storage.flip_bit(&seg, positions[10] + 10, 1);
     let log = sim.open();
@@ -406,19 +387,10 @@ fn a_read_that_walks_past_a_damaged_length_blames_that_batch_not_where_it_lands(
 
 #[test]
 fn an_index_whose_entries_point_into_the_middle_of_batches_is_not_believed() {
-    let sim = Sim::new(small_segments());
-    let log = sim.open();
-    log.create_topic("t", 1, &no_overrides()).unwrap();
-    let p = log.partition("t", PartitionId(0)).unwrap();
-    for i in 0..40 {
-        p.append(&batch(1, 300, 0, i)).unwrap();
-    }
-    drop(p);
-    log.close().unwrap();
+    let (sim, first, _) = closed_log(small_segments(), 40);
     // Well formed (entries grow, inside the file) but every position but the last moved
     // 20 bytes on: open checks a sealed segment's index by its shape and by replaying
     // from its last entry only.
-    let first = sim.segment_files("t", 0).remove(0);
     let index = first.with_extension("index");
     let mut bytes = sim.storage.file_bytes(&index).unwrap();
     assert!(bytes.len() >= 24, "the segment has index entries");
