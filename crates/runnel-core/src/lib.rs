@@ -49,6 +49,7 @@ pub mod produce;
 pub mod producer_state;
 pub mod producers;
 pub mod records;
+pub mod services;
 mod shared;
 pub mod topics;
 

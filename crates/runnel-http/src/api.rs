@@ -35,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/overview"),
     ("get", "/api/v1/topology"),
+    ("get", "/api/v1/services"),
+    ("post", "/api/v1/services/{service}/dead-letters/replay"),
     ("get", "/api/v1/topics"),
     ("post", "/api/v1/topics"),
     ("get", "/api/v1/topics/{topic}"),
@@ -76,6 +78,11 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/topology", get(topology))
+        .route("/api/v1/services", get(services))
+        .route(
+            "/api/v1/services/{service}/dead-letters/replay",
+            axum::routing::post(replay_dead_letter),
+        )
         .route("/", get(crate::console::page))
         .route("/console.js", get(crate::console::script))
         .route("/console.css", get(crate::console::style))
@@ -734,6 +741,184 @@ async fn reset_offsets(
         .collect();
     Ok(Json(
         json!({"group": group, "dry_run": body.dry_run, "offsets": offsets}),
+    ))
+}
+
+/// An instance whose last status is older than this is shown as gone (a running one
+/// states its status every 5 s).
+const SERVICE_SILENT_MS: i64 = 20_000;
+
+/// Status records read back from the end of the status topic, per partition.
+const STATUS_RECORDS_MAX: u64 = 10_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Records `from..` of `part`, at most up to its high watermark.
+fn read_all(
+    part: &runnel_log::Partition,
+    from: i64,
+) -> Result<Vec<runnel_core::records::StoredRecord>, LogError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    let end = part.high_watermark().0 as i64;
+    while next < end {
+        let (got, after) = runnel_core::records::read(part, next, READ_BYTES)?;
+        if after <= next {
+            break;
+        }
+        next = after;
+        out.extend(got);
+    }
+    Ok(out)
+}
+
+/// The services built with the toolkit, as their instances state themselves on
+/// `runnel.services` (the latest status of each instance; `up` unless it said it stopped
+/// or went silent), with their dead-letter topics and how many records those hold.
+async fn services(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let log = s.broker.log().clone();
+    let latest = blocking(move || -> Result<BTreeMap<String, Value>, LogError> {
+        let mut latest = BTreeMap::new();
+        let Some(topic) = log.topic(runnel_core::services::STATUS_TOPIC) else {
+            return Ok(latest);
+        };
+        for p in topic.partitions() {
+            let from = p
+                .high_watermark()
+                .0
+                .saturating_sub(STATUS_RECORDS_MAX)
+                .max(p.log_start_offset().0);
+            for r in read_all(&p, from as i64)? {
+                let (Some(k), Some(v)) = (&r.key, &r.value) else {
+                    continue;
+                };
+                if let Ok(status) = serde_json::from_slice::<Value>(v)
+                    && status.is_object()
+                {
+                    latest.insert(String::from_utf8_lossy(k).into_owned(), status);
+                }
+            }
+        }
+        Ok(latest)
+    })
+    .await?
+    .map_err(|e| ApiError::from_log(&e))?;
+    let now = now_ms();
+    let mut by_service: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (_, mut status) in latest {
+        let Some(name) = status["service"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let at = status["at_ms"].as_i64().unwrap_or(0);
+        let up = status["stopped"] != true && now - at < SERVICE_SILENT_MS;
+        status["up"] = Value::Bool(up);
+        by_service.entry(name).or_default().push(status);
+    }
+    let services: Vec<Value> = by_service
+        .into_iter()
+        .map(|(name, instances)| {
+            let dlq = runnel_core::services::dead_letter_topic(&name);
+            let dead_letters: Option<u64> = s.broker.log().topic(&dlq).map(|t| {
+                t.partitions()
+                    .iter()
+                    .map(|p| p.high_watermark().0 - p.log_start_offset().0)
+                    .sum()
+            });
+            let up = instances.iter().filter(|i| i["up"] == true).count();
+            json!({
+                "service": name,
+                "instances": instances,
+                "up": up,
+                "dead_letter_topic": dlq,
+                "dead_letters": dead_letters.unwrap_or(0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "services": services })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    partition: u32,
+    offset: i64,
+}
+
+/// Publishes a dead letter again to the topic it came from, as `runnel dlq replay`
+/// does: the same key, value and headers, without the dead-letter headers, with
+/// `runnel_replayed_from: <service>.dlq@<offset>`.
+async fn replay_dead_letter(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    body: Result<Json<ReplayBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    use runnel_core::services::dlq_headers;
+    let Json(body) = body?;
+    let dlq = runnel_core::services::dead_letter_topic(&service);
+    let part = s
+        .broker
+        .log()
+        .partition(&dlq, PartitionId(body.partition))
+        .map_err(|e| ApiError::from_log(&e))?;
+    let offset = body.offset;
+    let record = blocking(move || -> Result<_, LogError> {
+        let (got, _) = runnel_core::records::read(&part, offset, READ_BYTES)?;
+        Ok(got.into_iter().find(|r| r.offset == offset))
+    })
+    .await?
+    .map_err(|e| ApiError::from_log(&e))?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_record",
+            format!(
+                "{dlq} has no record at offset {offset} of partition {}",
+                body.partition
+            ),
+        )
+    })?;
+    let header = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let Some(source) = header(dlq_headers::TOPIC) else {
+        return Err(ApiError::bad_request(format!(
+            "the record at {dlq}@{offset} has no {} header: not a dead letter",
+            dlq_headers::TOPIC
+        )));
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX) && k != dlq_headers::REPLAYED_FROM)
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.to_vec())))
+        .collect();
+    headers.push((
+        dlq_headers::REPLAYED_FROM.to_string(),
+        format!("{dlq}@{offset}").into_bytes(),
+    ));
+    let again = runnel_core::encode::NewRecord {
+        key: record.key.as_ref().map(|k| k.to_vec()),
+        value: record.value.as_ref().map(|v| v.to_vec()),
+        headers,
+        timestamp_ms: None,
+    };
+    let core = s.broker.core().clone();
+    let topic = source.clone();
+    let placed = blocking(move || core.produce(&topic, vec![(None, again)]))
+        .await?
+        .map_err(|e| ApiError::from_produce(&e))?;
+    let (partition, at) = placed.first().copied().unwrap_or((0, -1));
+    Ok(Json(
+        json!({"topic": source, "partition": partition, "offset": at}),
     ))
 }
 

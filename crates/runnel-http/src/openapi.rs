@@ -27,6 +27,15 @@ fn operation(method: &str, path: &str) -> Value {
         ("get", "/api/v1/overview") => {
             json!({"summary": "The broker at a glance: version, uptime, data directory, disk used, connections, counts, and totals in and out since start", "responses": {"200": ok("Overview")}})
         }
+        ("get", "/api/v1/services") => {
+            json!({"summary": "Services built with the toolkit, as their instances state their status on runnel.services, with their dead-letter counts", "responses": {"200": ok("Services")}})
+        }
+        ("post", "/api/v1/services/{service}/dead-letters/replay") => json!({
+            "summary": "Publish a dead letter again to the topic it came from",
+            "parameters": [path_param("service", "string", "The service.")],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Replay"}}}},
+            "responses": {"200": ok("Where it was published"), "400": error, "404": error, "413": error, "415": error, "422": error}
+        }),
         ("get", "/") => {
             json!({"summary": "The web console", "responses": {"200": {"description": "The console's page", "content": {"text/html": {"schema": {"type": "string"}}}}}})
         }
@@ -136,6 +145,9 @@ pub fn openapi() -> Value {
                 "name": {"type": "string", "pattern": "^[a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*$", "maxLength": 249},
                 "partitions": {"type": "integer", "nullable": true, "minimum": 1, "maximum": runnel_log::config::PARTITIONS_MAX},
                 "config": config_schema()}},
+            "Replay": {"type": "object", "required": ["partition", "offset"], "additionalProperties": false, "properties": {
+                "partition": {"type": "integer", "minimum": 0, "maximum": runnel_log::config::PARTITIONS_MAX - 1},
+                "offset": {"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}}},
             "Reset": {"type": "object", "required": ["topic", "to"], "additionalProperties": false, "properties": {
                 "topic": {"type": "string"},
                 "to": {"type": "string", "enum": ["earliest", "latest", "offset", "timestamp"]},

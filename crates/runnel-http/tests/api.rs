@@ -924,3 +924,95 @@ async fn a_groups_offsets_are_reset_with_a_dry_run_first_and_an_empty_group_dele
         "unknown_group",
     );
 }
+
+#[tokio::test]
+async fn services_are_listed_from_their_status_and_a_dead_letter_is_replayed() {
+    use runnel_core::encode::NewRecord;
+    let f = fixture("services");
+    for (name, partitions) in [("runnel.services", 1), ("orders", 1), ("billing.dlq", 1)] {
+        let body = format!(r#"{{"name":"{name}","partitions":{partitions}}}"#);
+        post(&f, "/api/v1/topics", &body).await;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let status = |instance: &str, at: i64, stopped: bool| NewRecord {
+        key: Some(format!("billing/{instance}").into_bytes()),
+        value: Some(
+            json!({"service": "billing", "instance": instance, "ready": !stopped,
+                   "stopped": stopped, "handled": 7, "at_ms": at})
+            .to_string()
+            .into_bytes(),
+        ),
+        ..Default::default()
+    };
+    let core = f.broker.core();
+    core.produce(
+        "runnel.services",
+        vec![
+            (None, status("0", now - 60_000, false)),
+            (None, status("0", now, false)),
+            (None, status("1", now, true)),
+        ],
+    )
+    .unwrap();
+    let dead = NewRecord {
+        key: Some(b"o1".to_vec()),
+        value: Some(b"{\"order\":\"o1\"}".to_vec()),
+        headers: vec![
+            ("ce_type".into(), b"orderCreated".to_vec()),
+            ("runnel_dlq_topic".into(), b"orders".to_vec()),
+            ("runnel_dlq_error".into(), b"boom".to_vec()),
+        ],
+        timestamp_ms: None,
+    };
+    core.produce("billing.dlq", vec![(None, dead)]).unwrap();
+
+    let (status_code, listed) = get(&f, "/api/v1/services").await;
+    assert_eq!(status_code, StatusCode::OK);
+    let billing = &listed["services"][0];
+    assert_eq!(billing["service"], "billing");
+    assert_eq!(
+        billing["up"], 1,
+        "instance 0 up (its latest status), 1 stopped"
+    );
+    assert_eq!(billing["dead_letters"], 1);
+    assert_eq!(billing["dead_letter_topic"], "billing.dlq");
+    let instances = billing["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    assert_eq!(
+        (instances[0]["up"].clone(), instances[0]["handled"].clone()),
+        (json!(true), json!(7))
+    );
+    assert_eq!(instances[1]["up"], false);
+
+    let (code, replayed) = post(
+        &f,
+        "/api/v1/services/billing/dead-letters/replay",
+        r#"{"partition":0,"offset":0}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{replayed}");
+    assert_eq!(replayed["topic"], "orders");
+    let (_, page) = get(&f, "/api/v1/topics/orders/partitions/0/records").await;
+    let r = &page["records"][0];
+    assert_eq!(r["value"], "{\"order\":\"o1\"}");
+    assert_eq!(
+        r["headers"],
+        json!([
+            {"key": "ce_type", "value": "orderCreated", "value_hex": null},
+            {"key": "runnel_replayed_from", "value": "billing.dlq@0", "value_hex": null}
+        ])
+    );
+    assert_error(
+        &post(
+            &f,
+            "/api/v1/services/billing/dead-letters/replay",
+            r#"{"partition":0,"offset":5}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "offset_out_of_range",
+    );
+}

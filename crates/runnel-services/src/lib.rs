@@ -129,6 +129,7 @@ mod rfc3339;
 mod rng;
 pub mod runtime;
 mod service;
+pub mod status;
 mod table;
 pub mod testing;
 mod trace;

@@ -80,29 +80,12 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(30);
 /// Dead-letter sends tried before the record is left pending for a later instance.
 const DEAD_LETTER_SEND_ATTEMPTS: u32 = 10;
 
-/// Headers a dead letter carries besides the original record's.
-pub mod dlq_headers {
-    /// Why the record was given up on.
-    pub const ERROR: &str = "runnel_dlq_error";
-    /// The error's kind: transient, permanent or not_yet.
-    pub const ERROR_KIND: &str = "runnel_dlq_error_kind";
-    /// The topic the record came from.
-    pub const TOPIC: &str = "runnel_dlq_topic";
-    /// Its partition.
-    pub const PARTITION: &str = "runnel_dlq_partition";
-    /// Its offset.
-    pub const OFFSET: &str = "runnel_dlq_offset";
-    /// How many times its handler ran.
-    pub const ATTEMPTS: &str = "runnel_dlq_attempts";
-    /// The service that gave up.
-    pub const SERVICE: &str = "runnel_dlq_service";
-    /// When, ms since the Unix epoch.
-    pub const TIME_MS: &str = "runnel_dlq_time_ms";
-    /// What every dead-letter header starts with; a replay drops all of them.
-    pub const PREFIX: &str = "runnel_dlq_";
-    /// Added by a replay: `<service>.dlq@<offset>`.
-    pub const REPLAYED_FROM: &str = "runnel_replayed_from";
-}
+/// Headers a dead letter carries besides the original record's (their one home is
+/// `runnel-core`, which the HTTP API reads them with too).
+pub use runnel_core::services::dlq_headers;
+
+/// How long stopping waits for an instance's last status to be stated.
+const REPORTER_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs services on a transport.
 #[derive(Clone, Debug)]
@@ -113,6 +96,8 @@ pub struct Runtime {
     session_timeout: Duration,
     drain_timeout: Duration,
     idle_poll: Duration,
+    /// Whether instances state their status on [`crate::status::STATUS_TOPIC`].
+    status_reports: bool,
 }
 
 impl Runtime {
@@ -126,6 +111,7 @@ impl Runtime {
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             idle_poll: IDLE_POLL_DEFAULT,
+            status_reports: true,
         }
     }
 
@@ -162,6 +148,14 @@ impl Runtime {
     #[must_use]
     pub fn drain_timeout(mut self, d: Duration) -> Runtime {
         self.drain_timeout = d;
+        self
+    }
+
+    /// Whether instances state their status on [`crate::status::STATUS_TOPIC`] (on by
+    /// default; what Runnel's web console shows as services).
+    #[must_use]
+    pub fn status_reports(mut self, on: bool) -> Runtime {
+        self.status_reports = on;
         self
     }
 
@@ -205,6 +199,20 @@ impl Runtime {
             status: Arc::new(Status::default()),
             service,
         });
+        let reporter = self.status_reports.then(|| {
+            tokio::spawn(
+                crate::status::Reporter {
+                    transport: self.transport.clone(),
+                    service: inst.name.to_string(),
+                    instance: instance.to_string(),
+                    topics: handled_topics.clone(),
+                    metrics: inst.metrics.clone(),
+                    ready: ready_rx.clone(),
+                    stop: stop_rx.clone(),
+                }
+                .run(),
+            )
+        });
         let span = info_span!("service", name = %inst.name, instance);
         let running = inst.clone();
         let task = tokio::spawn(
@@ -221,6 +229,7 @@ impl Runtime {
             stop: stop_tx,
             ready: ready_rx,
             task: Some(task),
+            reporter,
             metrics: inst.metrics.clone(),
             status: inst.status.clone(),
             tables: inst.tables.clone(),
@@ -300,6 +309,8 @@ pub struct ServiceHandle {
     stop: watch::Sender<bool>,
     ready: watch::Receiver<bool>,
     task: Option<JoinHandle<Result<(), Error>>>,
+    /// States the instance's status; ends after the stopped one.
+    reporter: Option<JoinHandle<()>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     tables: Arc<TableSet>,
@@ -455,12 +466,17 @@ impl ServiceHandle {
     /// timeout), commits, leaves the group.
     pub async fn stop(mut self) -> Result<(), Error> {
         let _ = self.stop.send(true);
-        match self.task.take() {
+        let result = match self.task.take() {
             Some(t) => t
                 .await
-                .map_err(|e| Error::Transport(format!("service task failed: {e}")))?,
-            None => Ok(()),
+                .map_err(|e| Error::Transport(format!("service task failed: {e}"))),
+            None => Ok(Ok(())),
+        };
+        // The last status says it stopped; not worth waiting long for.
+        if let Some(r) = self.reporter.take() {
+            let _ = tokio::time::timeout(REPORTER_STOP_WAIT, r).await;
         }
+        result?
     }
 
     /// Stops at once, as a crash would: nothing more is committed and the group learns
@@ -469,6 +485,9 @@ impl ServiceHandle {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+        if let Some(r) = self.reporter.take() {
+            r.abort();
+        }
     }
 }
 
@@ -476,6 +495,9 @@ impl Drop for ServiceHandle {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+        }
+        if let Some(r) = self.reporter.take() {
+            r.abort();
         }
     }
 }

@@ -195,5 +195,5 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
 /// The dead-letter topic of the service `name`.
 #[must_use]
 pub fn dead_letter_topic(name: &str) -> String {
-    format!("{name}.dlq")
+    runnel_core::services::dead_letter_topic(name)
 }

@@ -116,7 +116,9 @@ impl TestRuntime {
             .clock(Arc::new(clock.clone()))
             .session_timeout(Duration::from_secs(6))
             .drain_timeout(Duration::from_secs(5))
-            .idle_poll(IDLE_POLL);
+            .idle_poll(IDLE_POLL)
+            // Status records would be traffic of their own on the log under test.
+            .status_reports(false);
         TestRuntime {
             dir,
             transport,

@@ -44,6 +44,9 @@ fn the_console_works_in_a_real_browser() {
         .arg("console.js")
         .args([&b.http, &b.addr])
         .arg(&shots)
+        // A service built with the toolkit, for the Services page.
+        .arg(env!("CARGO_BIN_EXE_runnel"))
+        .arg(dir.0.join("example"))
         .current_dir(&browser)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

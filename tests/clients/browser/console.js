@@ -1,7 +1,7 @@
 // The web console in a real browser: Debian's chromium (/usr/bin/chromium), driven by
 // playwright-core (no browser download). Run by crates/runnel/tests/console.rs:
 //
-//   node console.js <http-addr> <kafka-addr> <screenshot-dir>
+//   node console.js <http-addr> <kafka-addr> <screenshot-dir> <runnel-binary> <example-dir>
 //
 // against a fresh `runnel serve`. Records are produced and consumed with kcat (and one
 // binary record with confluent-kafka from .venv), never through the console's own API
@@ -25,9 +25,9 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 
-const [http, kafka, shots] = process.argv.slice(2);
-if (!http || !kafka || !shots) {
-  console.error('usage: node console.js <http-addr> <kafka-addr> <screenshot-dir>');
+const [http, kafka, shots, runnelBin, exampleDir] = process.argv.slice(2);
+if (!http || !kafka || !shots || !runnelBin || !exampleDir) {
+  console.error('usage: node console.js <http-addr> <kafka-addr> <screenshot-dir> <runnel> <example-dir>');
   process.exit(2);
 }
 const base = `http://${http}`;
@@ -601,6 +601,38 @@ async function main() {
       equal(await text(page, '#messages tr.record.live .value'), '<b>followed</b>', 'the followed record, as text');
       equal(await page.$$('#messages b').then((b) => b.length), 0, 'no markup from the record');
       await page.click('#follow');
+    });
+
+    await step('a service states itself; its dead letter is replayed', 60000, async () => {
+      // The reference system's loyalty service, as its own process on this broker.
+      const svc = spawn(runnelBin, ['example', 'loyalty', '--bootstrap', kafka, '--data-dir', exampleDir, '--log-level', 'warn'], {
+        stdio: ['ignore', 'ignore', 'ignore'],
+      });
+      consumers.push(svc);
+      await until('loyalty up in /api/v1/services', 30000, async () => {
+        const { services } = await api('/api/v1/services');
+        return services.some((x) => x.service === 'loyalty' && x.up === 1);
+      });
+      // A record loyalty cannot decode: dead-lettered at once.
+      produce('orders', 0, ['bad-order\tnot json'], ['ce_type=orderCreated']);
+      await until('the dead letter counted', 30000, async () => {
+        const { services } = await api('/api/v1/services');
+        return services.some((x) => x.service === 'loyalty' && x.dead_letters >= 1);
+      });
+      await visit(page, '#/services');
+      const sec = 'section[data-service="loyalty"]';
+      equal(await text(page, `${sec} tr.instance .state`), 'ready', 'the instance\'s state');
+      await page.click(`${sec} .show-dead`);
+      await page.waitForSelector(`${sec} tr.dead-letter`, { timeout: 10000 });
+      equal(await text(page, `${sec} tr.dead-letter .source`), 'orders', 'where the dead letter came from');
+      const before = (await api('/api/v1/topics/orders')).partitions.reduce((n, p) => n + p.high_watermark, 0);
+      await page.click(`${sec} tr.dead-letter .replay`);
+      await page.waitForSelector(`${sec} .replayed`, { timeout: 10000 });
+      check((await text(page, `${sec} .replayed`)).startsWith('replayed to orders'), 'replayed to its topic');
+      const after = (await api('/api/v1/topics/orders')).partitions.reduce((n, p) => n + p.high_watermark, 0);
+      equal(after, before + 1, 'one record more in orders');
+      await shot(page, 'services');
+      await stop(svc);
     });
 
     await step('every route by the nav, with screenshots', 30000, async () => {

@@ -136,6 +136,9 @@ async function render() {
       node = await messagesView(name, query);
     } else if (page === "topics") {
       node = await topicView(name);
+    } else if (page === "services") {
+      node = await servicesView();
+      refresh = updateServices;
     } else if (page === "groups" && !name) {
       node = await groupsView();
     } else if (page === "groups") {
@@ -652,6 +655,74 @@ async function produce(event, name) {
   } catch (e) {
     setState("error", e.message);
   }
+}
+
+// ---- services ---------------------------------------------------------------------------
+
+// Services built with the toolkit state their status on runnel.services; their dead
+// letters wait in <service>.dlq, each replayable to the topic it came from.
+const DEAD_LETTERS_SHOWN = 20;
+
+function serviceTables(services) {
+  if (!services.length) {
+    return el("p", { id: "services", class: "muted" },
+      "No services have stated their status yet (services built with runnel-services do, on runnel.services).");
+  }
+  return el("div", { id: "services" }, services.map((sv) => el("section", { class: "service", dataset: { service: sv.service } },
+    el("h2", {}, sv.service, " ", el("span", { class: "tag" }, `${sv.up} of ${sv.instances.length} up`)),
+    table(null, ["Instance", "State", "Handled", "Failed", "Retried", "Parked", "Dead-lettered", "Last seen"],
+      sv.instances.map((i) => el("tr", { class: "instance", dataset: { instance: i.instance } },
+        td("instance", i.instance),
+        td("state", i.up ? (i.ready ? "ready" : "starting") : (i.stopped ? "stopped" : "silent")),
+        td("handled num", i.handled), td("failed num", i.failed), td("retried num", i.retried),
+        td("parked num", i.parked), td("dead-lettered num", i.dead_lettered),
+        td("seen", time(i.at_ms))))),
+    el("p", {}, "Dead letters: ", el("b", { class: "dead-letters" }, sv.dead_letters), " in ",
+      el("a", { href: `#/topics/${enc(sv.dead_letter_topic)}/messages` }, sv.dead_letter_topic),
+      sv.dead_letters > 0 ? el("button", { class: "show-dead", onclick: (e) => showDeadLetters(e.target, sv) }, "Show and replay") : null),
+    el("div", { class: "dead-list" }))));
+}
+
+async function showDeadLetters(button, sv) {
+  const box = button.closest(".service").querySelector(".dead-list");
+  const t = await api("/topics/" + enc(sv.dead_letter_topic));
+  const pages = await Promise.all(t.partitions.map((p) =>
+    api(`/topics/${enc(sv.dead_letter_topic)}/partitions/${p.partition}/records?from=newest&limit=${DEAD_LETTERS_SHOWN}`)
+      .then((r) => r.records.map((rec) => ({ ...rec, partition: p.partition })))));
+  const header = (r, k) => (r.headers.find((h) => h.key === k) || {}).value || "";
+  const rows = pages.flat().sort((a, b) => b.timestamp - a.timestamp).map((r) => {
+    const cell = td("replay");
+    const replay = el("button", { class: "replay", onclick: async () => {
+      try {
+        const done = await api(`/services/${enc(sv.service)}/dead-letters/replay`, {
+          method: "POST", body: JSON.stringify({ partition: r.partition, offset: r.offset }),
+        });
+        cell.replaceChildren(el("span", { class: "replayed" }, `replayed to ${done.topic} @ ${done.offset}`));
+      } catch (e) {
+        setState("error", e.message);
+      }
+    } }, "Replay");
+    cell.append(replay);
+    return el("tr", { class: "dead-letter", dataset: { partition: r.partition, offset: r.offset } },
+      td("num", r.offset), td("timestamp", time(r.timestamp)), td("source", header(r, "runnel_dlq_topic")),
+      td("error", header(r, "runnel_dlq_error")), td("value", shown(r.value, r.value_hex)), cell);
+  });
+  box.replaceChildren(table(null, ["Offset", "Time", "From", "Error", "Value", ""], rows));
+}
+
+async function servicesView() {
+  const { services } = await api("/services");
+  return el("section", {},
+    el("h1", {}, "Services"),
+    el("div", { id: "services-live" }, serviceTables(services)));
+}
+
+async function updateServices() {
+  const live = document.getElementById("services-live");
+  // Keep an open dead-letter list: refresh only while none is shown.
+  if (!live || live.querySelector(".dead-list table")) return;
+  const { services } = await api("/services");
+  live.replaceChildren(serviceTables(services));
 }
 
 // ---- groups ---------------------------------------------------------------------------
