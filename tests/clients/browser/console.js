@@ -260,7 +260,7 @@ async function ready(page, hash) {
   await page.waitForFunction(
     (h) => {
       const m = document.querySelector('main');
-      const want = h === '#/' ? ['#/', '', '#'] : [h];
+      const want = h === '#/' ? ['#/', '', '#'] : [h.split('?')[0]];
       // The route is the hash up to any '?' (a view may keep its controls' state there).
       return want.includes(location.hash.split('?')[0]) && m && ['ready', 'error'].includes(m.dataset.state);
     },
@@ -633,6 +633,17 @@ async function main() {
       equal(after, before + 1, 'one record more in orders');
       await shot(page, 'services');
       await stop(svc);
+    });
+
+    await step('the topology: an edge appears with traffic and fades without', 30000, async () => {
+      const flowTopic = `flow-${run}`;
+      kcat(['-P', '-t', flowTopic, '-X', 'client.id=flow-producer', '-X', 'acks=all'], 'one\ntwo\n');
+      const edge = `g.edge[data-edge=${attr(`p|flow-producer->t|${flowTopic}`)}]`;
+      // Edges fade after 3 s here (the page's idle= option), not the default 30 s.
+      await visit(page, '#/topology?idle=3');
+      await page.waitForSelector(edge, { timeout: 10000 });
+      check(!(await page.$eval(edge, (e) => e.classList.contains('idle'))), 'a fresh edge is not faded');
+      await page.waitForSelector(`${edge}.idle`, { timeout: 15000 });
     });
 
     await step('every route by the nav, with screenshots', 30000, async () => {

@@ -127,7 +127,7 @@ async function render() {
       node = await overviewView();
       refresh = updateOverview;
     } else if (page === "topology") {
-      node = await topologyView();
+      node = await topologyView(query);
       refresh = updateTopology;
     } else if (page === "topics" && !name) {
       node = await topicsView();
@@ -278,7 +278,7 @@ const IDLE_MS = 30000;
 const ROW = 44;
 // `clientGroup` remembers which group a client id was last seen in, so a member's reads
 // stay drawn to its group after it left.
-const topo = { last: null, rates: new Map(), clientGroup: new Map() };
+const topo = { last: null, rates: new Map(), clientGroup: new Map(), idleMs: IDLE_MS };
 
 function groupsOfClients(t) {
   for (const g of t.groups) for (const c of g.clients) topo.clientGroup.set(c, g.group);
@@ -342,7 +342,7 @@ function drawTopology(data) {
     const a = pos.get(from);
     const b = pos.get(to);
     if (!a || !b) return;
-    const idle = t.now_ms - last > IDLE_MS;
+    const idle = t.now_ms - last > topo.idleMs;
     const rate = topo.rates.get(key);
     const x1 = a.x + 90;
     const x2 = b.x - 90;
@@ -407,11 +407,14 @@ function drawTopology(data) {
   return svg;
 }
 
-async function topologyView() {
+async function topologyView(query) {
+  // `#/topology?idle=<seconds>`: how soon a quiet edge fades.
+  const idle = Number(query.get("idle"));
+  topo.idleMs = idle > 0 ? idle * 1000 : IDLE_MS;
   const t = await api("/topology");
   return el("section", {},
     el("h1", {}, "Topology"),
-    el("p", { class: "muted" }, "Producers (by client id) write to topics; consumer groups read them. Edges show records per second and fade after 30 s without traffic. Topics without recent traffic are left out."),
+    el("p", { class: "muted" }, `Producers (by client id) write to topics; consumer groups read them. Edges show records per second and fade after ${topo.idleMs / 1000} s without traffic. Topics without recent traffic are left out.`),
     el("div", { id: "topology-box" }, drawTopology(t)));
 }
 
