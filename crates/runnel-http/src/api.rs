@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/topics/{topic}"),
     ("delete", "/api/v1/topics/{topic}"),
     ("post", "/api/v1/topics/{topic}/records"),
+    ("post", "/api/v1/topics/{topic}/config"),
     ("get", "/api/v1/topics/{topic}/tail"),
     (
         "get",
@@ -94,6 +95,10 @@ pub(crate) fn routes(broker: Arc<Broker>) -> Router {
         .route(
             "/api/v1/topics/{topic}/records",
             axum::routing::post(produce),
+        )
+        .route(
+            "/api/v1/topics/{topic}/config",
+            axum::routing::post(alter_config),
         )
         .route(
             "/api/v1/topics/{topic}/partitions/{partition}/records",
@@ -378,6 +383,39 @@ async fn delete_topic(
         .await
         .map_err(|e| ApiError::from_log(&e))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigChange {
+    /// Settings to set on the topic.
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    /// Settings to return to the broker's default.
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Changes a topic's settings (Kafka's AlterConfigs for one topic, incrementally: what
+/// is not named stays). Every value is checked before anything changes. Answers the
+/// topic as `GET /api/v1/topics/{topic}` does.
+async fn alter_config(
+    State(s): State<AppState>,
+    Path(topic): Path<String>,
+    body: Result<Json<ConfigChange>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(change) = body?;
+    if is_internal(&topic) {
+        return Err(ApiError::bad_request(format!(
+            "{topic} is internal: its settings are the broker's"
+        )));
+    }
+    let log = s.broker.log().clone();
+    let name = topic.clone();
+    blocking(move || log.alter_topic_config(&name, &change.set, &change.remove))
+        .await?
+        .map_err(|e| ApiError::from_log(&e))?;
+    describe(&s, &topic)
 }
 
 #[derive(Deserialize)]

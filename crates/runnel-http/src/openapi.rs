@@ -27,6 +27,12 @@ fn operation(method: &str, path: &str) -> Value {
         ("get", "/api/v1/overview") => {
             json!({"summary": "The broker at a glance: version, uptime, data directory, disk used, connections, counts, and totals in and out since start", "responses": {"200": ok("Overview")}})
         }
+        ("post", "/api/v1/topics/{topic}/config") => json!({
+            "summary": "Change a topic's settings: set some, return others to the default",
+            "parameters": [topic],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConfigChange"}}}},
+            "responses": {"200": ok("The topic"), "400": error, "404": error, "413": error, "415": error, "422": error}
+        }),
         ("get", "/api/v1/services") => {
             json!({"summary": "Services built with the toolkit, as their instances state their status on runnel.services, with their dead-letter counts", "responses": {"200": ok("Services")}})
         }
@@ -145,6 +151,9 @@ pub fn openapi() -> Value {
                 "name": {"type": "string", "pattern": "^[a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*$", "maxLength": 249},
                 "partitions": {"type": "integer", "nullable": true, "minimum": 1, "maximum": runnel_log::config::PARTITIONS_MAX},
                 "config": config_schema()}},
+            "ConfigChange": {"type": "object", "additionalProperties": false, "properties": {
+                "set": config_schema(),
+                "remove": {"type": "array", "items": {"type": "string"}}}},
             "Replay": {"type": "object", "required": ["partition", "offset"], "additionalProperties": false, "properties": {
                 "partition": {"type": "integer", "minimum": 0, "maximum": runnel_log::config::PARTITIONS_MAX - 1},
                 "offset": {"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}}},

@@ -1016,3 +1016,50 @@ async fn services_are_listed_from_their_status_and_a_dead_letter_is_replayed() {
         "offset_out_of_range",
     );
 }
+
+#[tokio::test]
+async fn a_topics_settings_are_changed_and_returned_to_the_default() {
+    let f = fixture("config");
+    post(&f, "/api/v1/topics", r#"{"name":"cfg","partitions":1}"#).await;
+    let (status, t) = post(
+        &f,
+        "/api/v1/topics/cfg/config",
+        r#"{"set":{"retention.ms":"3600000","cleanup.policy":"compact"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(
+        t["config"]["retention.ms"],
+        json!({"value": "3600000", "overridden": true})
+    );
+    let (_, t) = post(
+        &f,
+        "/api/v1/topics/cfg/config",
+        r#"{"remove":["retention.ms"]}"#,
+    )
+    .await;
+    assert_eq!(t["config"]["retention.ms"]["overridden"], false);
+    assert_eq!(
+        t["config"]["cleanup.policy"]["value"], "compact",
+        "what is not named stays"
+    );
+    let bad = post(
+        &f,
+        "/api/v1/topics/cfg/config",
+        r#"{"set":{"retention.ms":"soon"}}"#,
+    )
+    .await;
+    assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{}", bad.1);
+    let (_, t) = get(&f, "/api/v1/topics/cfg").await;
+    assert_eq!(
+        t["config"]["cleanup.policy"]["value"], "compact",
+        "a refused change changes nothing"
+    );
+    let internal = post(
+        &f,
+        "/api/v1/topics/__consumer_offsets/config",
+        r#"{"remove":[]}"#,
+    )
+    .await;
+    assert_eq!(internal.0, StatusCode::BAD_REQUEST);
+}

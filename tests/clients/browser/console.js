@@ -635,6 +635,31 @@ async function main() {
       await stop(svc);
     });
 
+    await step('change a topic setting and return it to the default', 20000, async () => {
+      await visit(page, `#/topics/${encodeURIComponent(groupTopic)}`);
+      await page.selectOption('#config-form select[name="key"]', 'retention.ms');
+      await page.fill('#config-form input[name="value"]', '3600000');
+      await page.click('#config-form button[type="submit"]');
+      const row = '#config tr[data-setting="retention.ms"]';
+      await page.waitForSelector(`${row}.overridden`, { timeout: 10000 });
+      equal(await text(page, `${row} .value`), '3600000', 'the new value shown');
+      const t = await api(`/api/v1/topics/${encodeURIComponent(groupTopic)}`);
+      equal(t.config['retention.ms'].value, '3600000', 'the new value in the API');
+      // A value the broker refuses: an error, nothing changed.
+      await page.selectOption('#config-form select[name="key"]', 'cleanup.policy');
+      await page.fill('#config-form input[name="value"]', 'sometimes');
+      const configUrl = `/api/v1/topics/${encodeURIComponent(groupTopic)}/config`;
+      expected.add(configUrl);
+      await page.click('#config-form button[type="submit"]');
+      await page.waitForSelector('main[data-state="error"]', { timeout: 10000 });
+      check((await text(page, '#error')).includes('cleanup.policy'), 'the error names the setting');
+      expected.delete(configUrl);
+      await visit(page, `#/topics/${encodeURIComponent(groupTopic)}`);
+      await page.click(`${row} .reset-setting`);
+      await page.waitForFunction((r) => !document.querySelector(r).classList.contains('overridden'), `${row}`, { timeout: 10000 });
+      equal((await api(`/api/v1/topics/${encodeURIComponent(groupTopic)}`)).config['retention.ms'].overridden, false, 'back to the default');
+    });
+
     await step('the topology: an edge appears with traffic and fades without', 30000, async () => {
       const flowTopic = `flow-${run}`;
       kcat(['-P', '-t', flowTopic, '-X', 'client.id=flow-producer', '-X', 'acks=all'], 'one\ntwo\n');

@@ -500,8 +500,26 @@ async function topicView(name) {
   const rows = t.partitions.map((p) => el("tr", { dataset: { partition: p.partition } },
     td("num", p.partition), td("start num", p.log_start_offset), td("end num", p.high_watermark),
     td("records num", p.high_watermark - p.log_start_offset), td("size num", bytes(p.size_bytes))));
-  const config = Object.entries(t.config).map(([k, v]) => el("tr", { class: v.overridden ? "overridden" : "" },
-    td("key", k), td("value", v.value), td("", v.overridden ? "set on this topic" : "default")));
+  const change = async (body) => {
+    try {
+      await api(`/topics/${enc(name)}/config`, { method: "POST", body: JSON.stringify(body) });
+      go(`#/topics/${enc(name)}`);
+    } catch (e) {
+      setState("error", e.message);
+    }
+  };
+  const config = Object.entries(t.config).map(([k, v]) => el("tr", { class: v.overridden ? "overridden" : "", dataset: { setting: k } },
+    td("key", k), td("value", v.value),
+    td("origin", v.overridden ? "set on this topic" : "default",
+      v.overridden && !t.internal ? el("button", { class: "reset-setting", onclick: () => change({ remove: [k] }) }, "Reset") : null)));
+  const settingForm = t.internal ? null : el("form", { id: "config-form", class: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const f = e.target.elements;
+    change({ set: { [f.key.value]: f.value.value } });
+  } },
+  el("label", {}, "Setting ", el("select", { name: "key" }, Object.keys(t.config).map((k) => el("option", { value: k }, k)))),
+  el("label", {}, "Value ", el("input", { name: "value", required: true, autocomplete: "off" })),
+  el("button", { type: "submit" }, "Set"));
   const confirm = el("button", { id: "confirm-delete", class: "danger", hidden: true, onclick: () => deleteTopic(name) },
     `Really delete ${name} and all its records`);
   return el("section", {},
@@ -512,6 +530,7 @@ async function topicView(name) {
     table("partitions", ["Partition", "Start offset", "End offset", "Records", "Size"], rows),
     el("h2", {}, "Settings"),
     table("config", ["Setting", "Value", ""], config),
+    settingForm,
     t.internal ? null : el("p", { class: "actions" },
       el("button", { id: "delete-topic", class: "danger", onclick: () => { confirm.hidden = false; } }, "Delete topic"),
       " ", confirm));
