@@ -12,12 +12,20 @@
 //! | POST | `/api/v1/topics` | create: `{"name", "partitions"?, "config"?: {..}}` |
 //! | GET | `/api/v1/topics/{topic}` | partitions with offsets and sizes, settings |
 //! | DELETE | `/api/v1/topics/{topic}` | delete |
-//! | POST | `/api/v1/topics/{topic}/records` | produce: `{"records": [{"key"?, "value"?, "partition"?}]}` |
-//! | GET | `/api/v1/topics/{topic}/partitions/{p}/records?offset=&limit=` | read a range |
+//! | POST | `/api/v1/topics/{topic}/config` | change settings: `{"set"?: {..}, "remove"?: [..]}` |
+//! | POST | `/api/v1/topics/{topic}/records` | produce: `{"records": [{"key"?, "value"?, "partition"?, "headers"?: {..}}]}` |
+//! | GET | `/api/v1/topics/{topic}/partitions/{p}/records?offset=&limit=&from=&timestamp=` | read a range (with headers; bytes that are not UTF-8 also as hex) |
 //! | GET | `/api/v1/topics/{topic}/tail?partition=&from=` | live tail, server-sent events |
 //! | GET | `/api/v1/groups` | groups with state and members |
 //! | GET | `/api/v1/groups/{group}` | members, assignments, committed offsets and lag |
+//! | DELETE | `/api/v1/groups/{group}` | delete a group without members, and its offsets |
+//! | POST | `/api/v1/groups/{group}/offsets` | reset offsets: `{"topic", "to", "value"?, "dry_run"?}` |
+//! | GET | `/api/v1/overview` | version, uptime, data directory, disk, counts, totals in and out |
+//! | GET | `/api/v1/topology` | recent producers and readers by client id, groups with their topics |
+//! | GET | `/api/v1/services` | services' instances as they state themselves, dead-letter counts |
+//! | POST | `/api/v1/services/{service}/dead-letters/replay` | replay a dead letter: `{"partition", "offset"}` |
 //! | GET | `/api/v1/openapi.json` | the OpenAPI description of these routes |
+//! | GET | `/`, `/console.js`, `/console.css` | the web console |
 //!
 //! Errors are JSON, `{"error": "what went wrong", "code": "short_name"}`, with a fitting
 //! status. Request bodies are limited to [`BODY_BYTES_MAX`]; reads to
@@ -29,7 +37,8 @@
 //! reader, topic rules, groups and offsets) and the log's; it never speaks the Kafka
 //! protocol and repeats none of the core's rules. Keys and values travel as UTF-8
 //! strings (null for none); records whose bytes are not UTF-8 are shown with
-//! replacement characters.
+//! replacement characters, and also as hex. Requests that change state from a browser
+//! on another origin are refused (the `Origin` header must name this host).
 
 mod api;
 mod console;

@@ -637,6 +637,11 @@ async function main() {
 
     await step('change a topic setting and return it to the default', 20000, async () => {
       await visit(page, `#/topics/${encodeURIComponent(groupTopic)}`);
+      // The partitions' end offsets are what a Kafka client is told (ListOffsets).
+      const kafkaSays = kafkaOffsets(group, groupTopic, 2);
+      for (const p of [0, 1]) {
+        equal(num(await text(page, `#partitions tr[data-partition="${p}"] .end`)), kafkaSays[p].end, `partition ${p} .end (ListOffsets over Kafka)`);
+      }
       await page.selectOption('#config-form select[name="key"]', 'retention.ms');
       await page.fill('#config-form input[name="value"]', '3600000');
       await page.click('#config-form button[type="submit"]');
