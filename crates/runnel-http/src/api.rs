@@ -933,16 +933,14 @@ async fn replay_dead_letter(
             dlq_headers::TOPIC
         )));
     };
-    let mut headers: Vec<(String, Vec<u8>)> = record
-        .headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX) && k != dlq_headers::REPLAYED_FROM)
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.to_vec())))
-        .collect();
-    headers.push((
-        dlq_headers::REPLAYED_FROM.to_string(),
-        format!("{dlq}@{offset}").into_bytes(),
-    ));
+    let headers = runnel_core::services::replay_headers(
+        record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref())),
+        &dlq,
+        offset,
+    );
     let again = runnel_core::encode::NewRecord {
         key: record.key.as_ref().map(|k| k.to_vec()),
         value: record.value.as_ref().map(|v| v.to_vec()),

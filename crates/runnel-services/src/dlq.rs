@@ -66,17 +66,14 @@ impl DeadLetter {
     #[must_use]
     pub fn replay_record(&self, service: &str) -> Option<OutRecord> {
         let (topic, _, _) = self.source.as_ref()?;
-        let mut headers: Vec<(String, Vec<u8>)> = self
-            .record
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with(dlq_headers::PREFIX) && k != REPLAYED_FROM)
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.to_vec())))
-            .collect();
-        headers.push((
-            REPLAYED_FROM.to_string(),
-            format!("{}@{}", dead_letter_topic(service), self.offset).into_bytes(),
-        ));
+        let headers = runnel_core::services::replay_headers(
+            self.record
+                .headers
+                .iter()
+                .map(|(k, v)| (&**k, v.as_deref())),
+            &dead_letter_topic(service),
+            self.offset,
+        );
         Some(OutRecord {
             topic: topic.clone(),
             partition: None,
