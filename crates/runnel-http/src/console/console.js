@@ -442,35 +442,30 @@ function topicRates(t) {
   };
 }
 
-function topicRows(details) {
-  return details.map((t) => {
-    const size = t.partitions.reduce((s, p) => s + p.size_bytes, 0);
-    const end = t.partitions.reduce((s, p) => s + p.high_watermark, 0);
+function topicRows(topics) {
+  return topics.map((t) => {
     const rate = topicRates(t);
     return el("tr", { dataset: { topic: t.name } },
       td("name", el("a", { href: `#/topics/${enc(t.name)}` }, t.name),
         t.internal ? el("span", { class: "tag" }, "internal") : null),
-      td("partitions num", t.partitions.length),
-      td("end num", end),
-      td("size num", bytes(size)),
+      td("partitions num", t.partitions),
+      td("end num", t.end_offsets),
+      td("size num", bytes(t.size_bytes)),
       td("rate-in num", rate.in),
       td("rate-out num", rate.out));
   });
 }
 
-async function topicDetails() {
-  const { topics } = await api("/topics");
-  return Promise.all(topics.map((t) => api("/topics/" + enc(t.name))));
-}
-
 async function updateTopics() {
   const body = document.querySelector("#topics tbody");
   if (!body) return;
-  body.replaceChildren(...topicRows(await topicDetails()));
+  const { topics } = await api("/topics");
+  body.replaceChildren(...topicRows(topics));
 }
 
 async function topicsView() {
-  const rows = topicRows(await topicDetails());
+  const { topics } = await api("/topics");
+  const rows = topicRows(topics);
   const form = el("form", { id: "create-topic", class: "inline", onsubmit: createTopic },
     el("label", {}, "Name ", el("input", { name: "name", required: true, maxlength: 249, pattern: "[a-zA-Z0-9._\\-]+", autocomplete: "off" })),
     el("label", {}, "Partitions ", el("input", { name: "partitions", type: "number", min: 1, max: 10000, value: 1 })),
