@@ -769,6 +769,13 @@ async fn the_console_is_served_with_a_strict_policy_and_its_api_additions_answer
         "records produced through the core are counted"
     );
     assert!(o["disk_bytes"].as_u64().unwrap() > 0);
+    // The list carries what the console's topics page shows, in one request.
+    let (_, list) = get(&f, "/api/v1/topics").await;
+    let c = &list["topics"][0];
+    assert_eq!(c["name"], "c");
+    assert_eq!(c["end_offsets"], 4);
+    assert_eq!(c["records_in"], 3);
+    assert_eq!(c["size_bytes"], o["disk_bytes"]);
 
     // A browser on another origin cannot change anything; this origin can.
     let cross = Request::post("/api/v1/topics")
