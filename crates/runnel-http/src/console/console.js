@@ -32,9 +32,10 @@ function svgEl(tag, attrs) {
 }
 
 function table(id, headings, rows) {
-  // A heading lines up with its column: numbers to the right.
+  // A heading takes its column's classes: numbers to the right, and the columns a
+  // phone leaves out (see the style sheet) go with their heading.
   const first = rows[0] ? Array.from(rows[0].children) : [];
-  const cls = (i) => (first[i] && first[i].classList.contains("num") ? "num" : null);
+  const cls = (i) => (first[i] && first[i].className ? first[i].className : null);
   return el("table", { id },
     el("thead", {}, el("tr", {}, headings.map((h, i) => el("th", { class: cls(i) }, h)))),
     el("tbody", {}, rows));
@@ -473,7 +474,7 @@ async function topicsView() {
   return el("section", {},
     el("h1", {}, "Topics"),
     form,
-    rows.length ? table("topics", ["Topic", "Partitions", "Records (end offsets)", "Size", "In/s", "Out/s"], rows)
+    rows.length ? table("topics", ["Topic", "Partitions", "Records", "Size", "In/s", "Out/s"], rows)
       : el("p", { class: "muted", id: "topics" }, "No topics yet."));
 }
 
