@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Buf;
 use common::raw::{Client, framed, request_frame};
-use common::requests::{create_topic, fetch_request, produce_request, topic_name};
+use common::requests::{create_topic, fetch_request, log_end, produce_request, topic_name};
 use common::{TempDir, TestBroker};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -176,23 +176,6 @@ fn produce_one(
     assert_eq!(parts.len(), 1, "{r:?}");
     assert_eq!(parts[0].index, partition);
     parts[0].clone()
-}
-
-/// The partition's log end offset, from ListOffsets with the LATEST timestamp.
-fn log_end(c: &mut Client, topic: &str, partition: i32) -> i64 {
-    let mut p = ListOffsetsPartition::default();
-    p.partition_index = partition;
-    p.timestamp = -1;
-    let mut t = ListOffsetsTopic::default();
-    t.name = topic_name(topic);
-    t.partitions = vec![p];
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.topics = vec![t];
-    let r = c.call(&req, LIST_OFFSETS_V);
-    let p = &r.topics[0].partitions[0];
-    assert_eq!(p.error_code, NONE, "{r:?}");
-    p.offset
 }
 
 /// The values of every record from `offset` on, by a Fetch that does not wait.

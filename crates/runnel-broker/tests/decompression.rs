@@ -13,10 +13,8 @@ mod common;
 
 use common::TestBroker;
 use common::raw::Client;
-use common::requests::{create_topic, fetch_request, produce_request, topic_name};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use common::requests::{create_topic, fetch_request, log_end, produce_request};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
-use kafka_protocol::messages::{BrokerId, ListOffsetsRequest};
 use kafka_protocol::records::RecordBatchDecoder;
 use runnel_core::records::KafkaCodecs;
 use runnel_log::BatchCodec;
@@ -29,7 +27,6 @@ const MESSAGE_TOO_LARGE: i16 = 10;
 
 const PRODUCE_V: i16 = 9;
 const FETCH_V: i16 = 12;
-const LIST_OFFSETS_V: i16 = 7;
 const CREATE_TOPICS_V: i16 = 7;
 
 /// Kafka's codec id for zstd.
@@ -43,23 +40,6 @@ const BOMB_BYTES: usize = 32 << 20;
 fn produce(c: &mut Client, topic: &str, batch: &[u8]) -> PartitionProduceResponse {
     let r = c.call(&produce_request(topic, 0, batch, -1), PRODUCE_V);
     r.responses[0].partition_responses[0].clone()
-}
-
-/// The log end offset of partition 0 (ListOffsets, LATEST).
-fn log_end(c: &mut Client, topic: &str) -> i64 {
-    let mut p = ListOffsetsPartition::default();
-    p.partition_index = 0;
-    p.timestamp = -1;
-    let mut t = ListOffsetsTopic::default();
-    t.name = topic_name(topic);
-    t.partitions = vec![p];
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.topics = vec![t];
-    let r = c.call(&req, LIST_OFFSETS_V);
-    let p = &r.topics[0].partitions[0];
-    assert_eq!(p.error_code, NONE, "{r:?}");
-    p.offset
 }
 
 /// Every record value of partition 0 from offset 0, by a Fetch that does not wait.
@@ -134,7 +114,7 @@ fn a_decompression_bomb_is_refused_and_the_broker_keeps_serving() {
         );
         let refused = produce(&mut c, topic, &garbage);
         assert_eq!(refused.error_code, CORRUPT_MESSAGE, "{topic}: {refused:?}");
-        assert_eq!(log_end(&mut c, topic), 0, "{topic}: nothing was stored");
+        assert_eq!(log_end(&mut c, topic, 0), 0, "{topic}: nothing was stored");
 
         // The same connection is still served, and a normal compressed batch goes in.
         let ok = produce(&mut c, topic, &normal_batch(b"after the bomb"));
@@ -147,6 +127,6 @@ fn a_decompression_bomb_is_refused_and_the_broker_keeps_serving() {
     }
     // And so is a new connection.
     let mut fresh = Client::connect(&broker);
-    assert_eq!(log_end(&mut fresh, "compacted"), 1);
+    assert_eq!(log_end(&mut fresh, "compacted", 0), 1);
     broker.stop();
 }

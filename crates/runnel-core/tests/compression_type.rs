@@ -3,39 +3,21 @@
 //! sequences, and nothing is laundered (a damaged batch stays refused, a re-compressed
 //! one stays within `max.message.bytes`).
 
+mod common;
+use common::{Fixture, fixture};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use runnel_core::ProduceError;
 use runnel_core::encode::NewRecord;
 use runnel_core::producer_state::SequenceError;
 use runnel_core::records::{KafkaCodecs, read};
-use runnel_core::{Core, ProduceError};
 use runnel_log::batch::{BatchHeader, HEADER_BYTES, build_batch, seal_crc, validate_stored};
-use runnel_log::{AppendInfo, BatchCodec, BatchError, Log, LogConfig, LogError, Offset, Partition};
+use runnel_log::{AppendInfo, BatchCodec, BatchError, LogError, Offset, Partition};
 
-const ZSTD: u8 = 4;
+use runnel_log::codec::CODEC_ZSTD as ZSTD;
 const PRODUCE_V: i16 = 9;
-
-struct Fixture {
-    core: Arc<Core>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn fixture(tag: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("runnel-core-ct-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = LogConfig::new(&dir);
-    config.background = false;
-    let log = Arc::new(Log::open(config).unwrap());
-    let core = Core::new(log, runnel_group::Config::default(), 7).unwrap();
-    Fixture { core, dir }
-}
 
 fn topic(f: &Fixture, name: &str, settings: &[(&str, &str)]) -> Arc<Partition> {
     let overrides: BTreeMap<String, String> = settings
@@ -84,7 +66,7 @@ fn stored(p: &Partition) -> Vec<(u8, i64, i32, i32)> {
 
 #[test]
 fn an_idempotent_batch_is_stored_recompressed_and_its_retry_is_still_a_retry() {
-    let f = fixture("idempotent");
+    let f = fixture("ct-idempotent");
     let p = topic(&f, "t", &[("compression.type", "zstd")]);
     let first = append(&f, &p, &idempotent(0)).unwrap();
     let retry = append(&f, &p, &idempotent(0)).unwrap();
@@ -114,7 +96,7 @@ fn an_idempotent_batch_is_stored_recompressed_and_its_retry_is_still_a_retry() {
 
 #[test]
 fn producer_keeps_the_codec_and_a_codec_stores_every_append_path_in_it() {
-    let f = fixture("paths");
+    let f = fixture("ct-paths");
     let keep = topic(&f, "keep", &[]);
     let gzip = topic(&f, "gzip", &[("compression.type", "gzip")]);
     let mut zstd_batch = build_batch(&[(None, Some(b"z"))], 0);
@@ -150,7 +132,7 @@ fn producer_keeps_the_codec_and_a_codec_stores_every_append_path_in_it() {
 
 #[test]
 fn a_damaged_batch_is_refused_not_resealed() {
-    let f = fixture("damaged");
+    let f = fixture("ct-damaged");
     let p = topic(&f, "t", &[("compression.type", "lz4")]);
     let mut damaged = idempotent(0);
     let last = damaged.len() - 1;
@@ -166,7 +148,7 @@ fn a_damaged_batch_is_refused_not_resealed() {
 
 #[test]
 fn a_batch_that_grows_past_max_message_bytes_when_recompressed_is_refused() {
-    let f = fixture("grows");
+    let f = fixture("ct-grows");
     let p = topic(
         &f,
         "t",

@@ -1,39 +1,21 @@
 //! `Core` end to end on a real log in a temporary directory: the produce path (partition
 //! choice, rules, idempotence) and the one reader over compacted batches.
 
+mod common;
+use common::fixture;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use runnel_core::ProduceError;
 use runnel_core::encode::NewRecord;
 use runnel_core::partitioner::partition_for_key;
 use runnel_core::producer_state::SequenceError;
 use runnel_core::records::read;
 use runnel_core::topics::OFFSETS_TOPIC;
-use runnel_core::{Core, ProduceError};
 use runnel_log::batch::{build_batch, seal_crc};
 use runnel_log::{Log, LogConfig, PartitionId};
-
-struct Fixture {
-    core: Arc<Core>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn fixture(tag: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("runnel-core-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = LogConfig::new(&dir);
-    config.background = false;
-    let log = Arc::new(Log::open(config).unwrap());
-    let core = Core::new(log, runnel_group::Config::default(), 7).unwrap();
-    Fixture { core, dir }
-}
 
 fn record(key: Option<&str>, value: &str) -> NewRecord {
     NewRecord {

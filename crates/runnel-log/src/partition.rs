@@ -1356,15 +1356,7 @@ impl SegmentView<'_> {
                 h.magic()
             ));
         }
-        if h.base_offset_raw() < expected.0 as i64 || h.last_offset() >= self.end {
-            return Some(format!(
-                "batch offsets {}..={} outside {expected}..{}",
-                h.base_offset_raw(),
-                h.last_offset().0,
-                self.end
-            ));
-        }
-        None
+        segment::offset_problem(h, self.base, expected, self.end)
     }
 
     /// Whether the whole batch at `pos`, `total` bytes, passes its CRC.
@@ -1375,36 +1367,6 @@ impl SegmentView<'_> {
             .map_err(|e| LogError::io("read", self.path, e))?;
         let h = BatchHeader::parse(&bytes).expect("length checked");
         Ok(batch::check_header(&h).is_ok() && batch::check_crc(&h, &bytes).is_ok())
-    }
-}
-
-/// A batch a read passed on its way: where it was, the offset expected before it, how
-/// many offsets it spans, and whether it started above the expected offset (a gap).
-#[derive(Clone, Copy)]
-struct Passed {
-    pos: u64,
-    total: u64,
-    expected: Offset,
-    span: u64,
-    gap: bool,
-}
-
-impl Passed {
-    fn of(h: &BatchHeader<'_>, pos: u64, expected: Offset) -> Passed {
-        Passed {
-            pos,
-            total: h.total_bytes(),
-            expected,
-            span: h.last_offset().0 - h.base_offset().0 + 1,
-            gap: h.base_offset() > expected,
-        }
-    }
-
-    /// Whether `h`, which does not fit after this batch, starts exactly where this one
-    /// would have ended had it started where expected: then this batch's `baseOffset`
-    /// (outside the CRC) is the damaged one.
-    fn explains(&self, h: &BatchHeader<'_>) -> bool {
-        self.gap && h.base_offset_raw() == self.expected.0.saturating_add(self.span) as i64
     }
 }
 
@@ -1428,7 +1390,7 @@ fn read_batches(
     let path = view.path;
     let io_err = |e| LogError::io("read", path, e);
     let mut head = [0u8; HEADER_BYTES];
-    let mut prev: Option<Passed> = None;
+    let mut prev: Option<segment::Passed> = None;
     let first_total = loop {
         if pos + HEADER_BYTES as u64 > view.len {
             return Ok(());
@@ -1452,7 +1414,7 @@ fn read_batches(
         if h.last_offset() >= offset {
             break h.total_bytes();
         }
-        prev = Some(Passed::of(&h, pos, expected));
+        prev = Some(segment::Passed::of(&h, pos, expected));
         expected = h.last_offset().plus(1);
         pos += h.total_bytes();
     };
@@ -1480,7 +1442,7 @@ fn read_batches(
         if checked.is_ok() && h.base_offset() > expected && end + total + HEADER_BYTES <= out.len()
         {
             let next = BatchHeader::parse(&out[end + total..]).expect("length checked");
-            if Passed::of(&h, at, expected).explains(&next) {
+            if segment::Passed::of(&h, at, expected).explains(&next) {
                 checked = Err(format!(
                     "batch offset {} does not continue the log (expected {expected})",
                     h.base_offset_raw()

@@ -337,7 +337,7 @@ fn scan_prefix(
 /// `base` that may hold offsets below `limit`, when `expected` is the next offset.
 /// `baseOffset` lies outside the CRC: a flipped bit there must be caught here, never
 /// served, never allowed to move the log end.
-fn offset_problem(
+pub(crate) fn offset_problem(
     header: &BatchHeader<'_>,
     base: Offset,
     expected: Offset,
@@ -359,6 +359,36 @@ fn offset_problem(
     None
 }
 
+/// A batch a scan or a read passed on its way: where it was, the offset expected before it, how
+/// many offsets it spans, and whether it started above the expected offset (a gap).
+#[derive(Clone, Copy)]
+pub(crate) struct Passed {
+    pub(crate) pos: u64,
+    pub(crate) total: u64,
+    expected: Offset,
+    span: u64,
+    gap: bool,
+}
+
+impl Passed {
+    pub(crate) fn of(h: &BatchHeader<'_>, pos: u64, expected: Offset) -> Passed {
+        Passed {
+            pos,
+            total: h.total_bytes(),
+            expected,
+            span: h.last_offset().0 - h.base_offset().0 + 1,
+            gap: h.base_offset() > expected,
+        }
+    }
+
+    /// Whether `h`, which does not fit after this batch, starts exactly where this one
+    /// would have ended had it started where expected: then this batch's `baseOffset`
+    /// (outside the CRC) is the damaged one.
+    pub(crate) fn explains(&self, h: &BatchHeader<'_>) -> bool {
+        self.gap && h.base_offset_raw() == self.expected.0.saturating_add(self.span) as i64
+    }
+}
+
 /// Like [`scan`], but stops before the first batch whose last offset is `>= end`.
 /// A stop's position may lie before the returned size: when a batch starts below the
 /// expected offset exactly where its predecessor would have ended had that one started
@@ -375,9 +405,8 @@ pub(crate) fn scan_until(
     let len = file.len()?;
     let mut stats = SegmentStats::empty(base);
     let mut reader = ChunkReader::new(file, len, SCAN_CHUNK_BYTES);
-    // The last batch that started above the expected offset (a gap): its position, the
-    // offset it should have started at, and how many offsets it spans.
-    let mut last_gap: Option<(u64, Offset, u64)> = None;
+    // The batch before this one: blamed when this one contradicts its `baseOffset`.
+    let mut last: Option<Passed> = None;
     while stats.size < len {
         let pos = stats.size;
         let stop = |reason: String| ScanStop {
@@ -402,17 +431,18 @@ pub(crate) fn scan_until(
             ));
         }
         if let Some(reason) = offset_problem(&header, base, stats.next_offset, limit) {
-            if let Some((gap_pos, gap_expected, span)) = last_gap
-                && header.base_offset_raw() == gap_expected.0.saturating_add(span) as i64
+            if let Some(p) = last
+                && p.explains(&header)
             {
                 let reason = format!(
-                    "batch offset does not continue the log: expected {gap_expected}, \
-                     and the next batch starts where this one should have ended"
+                    "batch offset does not continue the log: expected {}, \
+                     and the next batch starts where this one should have ended",
+                    p.expected
                 );
                 return Ok((
                     stats,
                     Some(ScanStop {
-                        position: gap_pos,
+                        position: p.pos,
                         reason,
                     }),
                 ));
@@ -443,10 +473,7 @@ pub(crate) fn scan_until(
         if header.last_offset() >= end {
             break;
         }
-        last_gap = (header.base_offset() > stats.next_offset).then(|| {
-            let span = header.last_offset().0 - header.base_offset().0 + 1;
-            (pos, stats.next_offset, span)
-        });
+        last = Some(Passed::of(&header, pos, stats.next_offset));
         stats.record(&header, index_interval_bytes);
     }
     Ok((stats, None))
