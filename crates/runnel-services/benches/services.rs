@@ -178,7 +178,7 @@ fn case(name: &str) -> bool {
         // A list of only cases runs them on every transport, and the other way round.
         listed.contains(&name)
             || (transports.contains(&name) && !lists_kind(&transports))
-            || (!transports.contains(&name) && !lists_kind(&["raw", "noop", "table"]))
+            || (!transports.contains(&name) && !lists_kind(&["raw", "headers", "noop", "table"]))
     })
 }
 
@@ -197,37 +197,153 @@ fn main() {
     }
 }
 
-/// The broker the kafka tests start, in this process.
+/// The release binary: `runnel serve` for the broker, `runnel bench consume` for the raw
+/// rate.
 #[cfg(feature = "kafka")]
-#[path = "../tests/common/mod.rs"]
-mod common;
+fn runnel_bin() -> String {
+    std::env::var("RUNNEL_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/runnel").to_string()
+    })
+}
+
+/// `runnel serve` as a process of its own, as it runs beside services in a deployment:
+/// on 127.0.0.1:0, data in a fresh directory; killed and removed when dropped.
+#[cfg(feature = "kafka")]
+struct Broker {
+    child: std::process::Child,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+#[cfg(feature = "kafka")]
+impl Broker {
+    fn start() -> Broker {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("runnel-bench-broker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = runnel_bin();
+        let mut child = std::process::Command::new(&bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args([
+                "--log-level",
+                "warn",
+                "--group-initial-rebalance-delay-ms",
+                "0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("log"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (cargo build --release -p runnel): {e}"));
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // "... listening on ADDR ..."
+        let addr = first
+            .split_whitespace()
+            .skip_while(|w| *w != "on")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        Broker { child, addr, dir }
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 #[cfg(feature = "kafka")]
 async fn kafka(n: u64) {
-    let broker = common::TestBroker::start("bench");
-    let k = broker.kafka();
+    use runnel_services::{Kafka, KafkaConfig};
+    let broker = Broker::start();
+    let k = Kafka::connect(KafkaConfig::new(broker.addr.clone())).unwrap();
     let t: Arc<dyn Transport> = k.clone();
     fill(&*t, n).await;
     let raw = if case("raw") {
-        bench_consume(&broker.addr.to_string(), n)
+        bench_consume(&broker.addr, n)
     } else {
         0.0
     };
-    let rt = Runtime::new(t.clone()).state_dir(broker.dir.0.join("state"));
+    let headers = if case("headers") {
+        headers_consume(&broker.addr, n)
+    } else {
+        0.0
+    };
+    let rt = Runtime::new(t.clone()).state_dir(broker.dir.join("state"));
     let (noop, table) = handler_cases(&rt, n).await;
     report("kafka", "raw bench consume", n, raw, noop, table);
+    println!(
+        "  rdkafka + headers   {headers:>12.0} events/s   {:.2} of raw",
+        headers / raw
+    );
     drop(rt);
     drop(t);
     drop(k);
     drop(broker);
 }
 
+/// librdkafka's consumer, in this process, reading every record's key, value and
+/// headers and doing nothing else: what any runtime on librdkafka pays before its own
+/// work (librdkafka parses a record's headers into a list, allocating each, on first
+/// access). Settings as `runnel bench consume`'s, and the transport's
+/// `fetch.queue.backoff.ms` (librdkafka's 1 s default starves a consumer that keeps up
+/// once its queue is full).
+#[cfg(feature = "kafka")]
+fn headers_consume(bootstrap: &str, n: u64) -> f64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-headers")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("ticks", p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let (mut seen, mut bytes) = (0u64, 0usize);
+    while seen < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "read {seen} of {n}"
+        );
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        bytes += m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len);
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                bytes += h.key.len() + h.value.map_or(0, <[u8]>::len);
+            }
+        }
+        seen += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert!(bytes as u64 > n * 20, "every record's bytes were read");
+    rate
+}
+
 /// `runnel bench consume` of the whole topic: its msgs/s.
 #[cfg(feature = "kafka")]
 fn bench_consume(bootstrap: &str, n: u64) -> f64 {
-    let bin = std::env::var("RUNNEL_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/runnel").to_string()
-    });
+    let bin = runnel_bin();
     let out = std::process::Command::new(&bin)
         .args([
             "bench",

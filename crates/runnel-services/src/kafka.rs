@@ -48,6 +48,11 @@
 //!  close()    --- Close --------------->    unsubscribe, close (LeaveGroup), thread ends
 //! ```
 //!
+//! Every record passes through that one thread, which also does librdkafka's own work
+//! per record (the poll, and parsing the record's headers), so it only copies each
+//! record's bytes into a chunk (`packed`); the runtime's poller task builds the
+//! `Record`s from the chunks, on another core.
+//!
 //! Commits run on the member thread rather than on a blocking task sharing the consumer:
 //! there they never interleave with a rebalance callback, so a commit only ever names
 //! partitions the member owns at that moment (a late commit of a partition that already
@@ -77,25 +82,23 @@
 //! - A consumed record's bytes (key, value, header values) are copied out of
 //!   librdkafka into 64 KiB chunks shared by consecutive records, not one allocation
 //!   each: a record held long (a slow handler, a parked retry) keeps its chunk alive,
-//!   at most 64 KiB per record held.
+//!   at most 64 KiB (or the record's own size, when larger) per record held.
 //! - Sessions shorter than 6 s are raised to 6 s, Kafka's default
 //!   `group.min.session.timeout.ms`, so one configuration works on every cluster.
 
 use std::fmt;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -103,10 +106,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::Error;
 use crate::rng::SplitMix64;
+
+mod packed;
 use crate::transport::{
     BoxFuture, Delivery, GroupConsumer, MemberOptions, OutRecord, Reader, Record, Sent,
-    TopicPartition, TopicSpec, Transport, UNREADABLE_HEADERS, header_name,
+    TopicPartition, TopicSpec, Transport,
 };
+use packed::{Packed, Packer, Unpacker};
 
 /// Records handed over per delivery, across partitions.
 const DELIVERY_RECORDS_MAX: usize = 4_096;
@@ -512,9 +518,10 @@ impl Transport for Kafka {
         Ok(Box::new(KafkaReader {
             inner: Arc::new(ReaderInner {
                 consumer,
-                intake: Mutex::new(Intake::default()),
+                packer: Mutex::new(Packer::default()),
             }),
             in_flight: None,
+            unpacker: Unpacker::default(),
         }))
     }
 
@@ -573,115 +580,10 @@ impl Transport for Kafka {
     }
 }
 
-/// Topic names shared by the records of one consumer, so a record costs no allocation
-/// for its topic.
-#[derive(Debug, Default)]
-struct Topics(Vec<Arc<str>>);
-
-impl Topics {
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.0.iter().find(|t| ***t == *name) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(name);
-        self.0.push(t.clone());
-        t
-    }
+/// What a failed [`Unpacker::unpack`] means: a bug in this module, never bad input.
+fn corrupt() -> Error {
+    Error::Transport("kafka transport: a packed chunk does not hold whole records (a bug)".into())
 }
-
-/// Where one consumer copies the bytes of its records (keys, values, header values)
-/// out of librdkafka's memory. A record's bytes are copied one after another into one
-/// piece of a shared chunk of [`ARENA_CHUNK`], and its fields are slices of that piece:
-/// a record costs no allocation for its bytes (a chunk is one allocation, and one more
-/// when its first piece is taken). A chunk is freed when the last record cut from it is
-/// dropped; a record larger than what a chunk has left gets a buffer of its own.
-#[derive(Debug, Default)]
-struct Arena(BytesMut);
-
-/// The size of an [`Arena`] chunk: a few hundred small records. Small enough that a
-/// record held long (a slow handler) keeps little else alive.
-const ARENA_CHUNK: usize = 64 * 1024;
-
-/// Below this much room left in its chunk, an [`Arena`] starts a new chunk for the next
-/// record rather than growing the current piece.
-const ARENA_ROOM_MIN: usize = 4 * 1024;
-
-impl Arena {
-    /// Appends `bytes` to the piece under way; returns where they are in it.
-    fn push(&mut self, bytes: &[u8]) -> Range<usize> {
-        if self.0.is_empty() && self.0.capacity() < ARENA_ROOM_MIN.max(bytes.len()) {
-            self.0 = BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
-        }
-        let start = self.0.len();
-        self.0.extend_from_slice(bytes);
-        start..self.0.len()
-    }
-
-    /// Ends the piece under way: what was pushed since the last piece.
-    fn take(&mut self) -> Bytes {
-        self.0.split().freeze()
-    }
-}
-
-/// What a consumer keeps from record to record to copy them cheaply.
-#[derive(Debug, Default)]
-struct Intake {
-    topics: Topics,
-    arena: Arena,
-    /// Where a record's header values are in its piece, while it is copied.
-    header_places: Vec<Option<Range<usize>>>,
-}
-
-/// A librdkafka message as the runtime sees it (copied: the message lives in
-/// librdkafka's memory). The toolkit's own header names cost nothing
-/// ([`header_name`]); all the bytes go to one piece of the arena.
-fn record_of(m: &BorrowedMessage<'_>, intake: &mut Intake) -> Record {
-    let Intake {
-        topics,
-        arena,
-        header_places,
-    } = intake;
-    let key = m.key().map(|k| arena.push(k));
-    let value = m.payload().map(|v| arena.push(v));
-    header_places.clear();
-    let mut headers = Vec::new();
-    // rdkafka's header access panics on a header name that is not UTF-8 (any producer
-    // can send one): that record must not take the member thread down, and with it
-    // every later record. It keeps a marker instead, and the runtime dead-letters it.
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if let Some(h) = m.headers() {
-            headers.reserve_exact(h.count());
-            for h in h.iter() {
-                header_places.push(h.value.map(|v| arena.push(v)));
-                headers.push((header_name(h.key), None));
-            }
-        }
-    }));
-    if read.is_err() {
-        headers.clear();
-        header_places.clear();
-        header_places.push(Some(arena.push(UNREADABLE_REASON.as_bytes())));
-        headers.push((header_name(UNREADABLE_HEADERS), None));
-    }
-    let piece = arena.take();
-    for ((_, value), place) in headers.iter_mut().zip(header_places.drain(..)) {
-        *value = place.map(|r| piece.slice(r));
-    }
-    Record {
-        tp: TopicPartition {
-            topic: topics.intern(m.topic()),
-            partition: m.partition(),
-        },
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
-        key: key.map(|r| piece.slice(r)),
-        value: value.map(|r| piece.slice(r)),
-        headers,
-    }
-}
-
-/// The value of [`UNREADABLE_HEADERS`] on a record whose headers could not be read.
-const UNREADABLE_REASON: &str = "a header name is not valid UTF-8";
 
 /// Whether librdkafka says the consumer cannot go on.
 fn is_fatal(e: &KafkaError) -> bool {
@@ -694,13 +596,15 @@ struct KafkaReader {
     inner: Arc<ReaderInner>,
     /// A poll whose caller went away before it ended: the next poll takes its records,
     /// so none are lost.
-    in_flight: Option<tokio::task::JoinHandle<Result<Vec<Record>, Error>>>,
+    in_flight: Option<tokio::task::JoinHandle<Result<Packed, Error>>>,
+    /// Builds the records the blocking poll packed.
+    unpacker: Unpacker,
 }
 
 /// What a reader's blocking poll needs.
 struct ReaderInner {
     consumer: BaseConsumer,
-    intake: Mutex<Intake>,
+    packer: Mutex<Packer>,
 }
 
 /// Takes the lock, even if a panic poisoned it (the data stays consistent: every
@@ -711,18 +615,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Waits up to `wait` for a first record, then takes what is already there, up to the
 /// delivery limit.
-fn read_batch(inner: &ReaderInner, wait: Duration) -> Result<Vec<Record>, Error> {
+fn read_batch(inner: &ReaderInner, wait: Duration) -> Result<Packed, Error> {
     let deadline = Instant::now() + wait;
-    let mut intake = lock(&inner.intake);
-    let mut out = Vec::new();
-    while out.len() < READ_RECORDS_MAX {
-        let timeout = if out.is_empty() {
+    let mut packer = lock(&inner.packer);
+    while packer.len() < READ_RECORDS_MAX {
+        let timeout = if packer.len() == 0 {
             deadline.saturating_duration_since(Instant::now())
         } else {
             Duration::ZERO
         };
         match inner.consumer.poll(timeout) {
-            Some(Ok(m)) => out.push(record_of(&m, &mut intake)),
+            Some(Ok(m)) => packer.push(&m),
             Some(Err(e)) if is_fatal(&e) => {
                 return Err(Error::Transport(format!("reader: {e}")));
             }
@@ -732,11 +635,11 @@ fn read_batch(inner: &ReaderInner, wait: Duration) -> Result<Vec<Record>, Error>
                     break;
                 }
             }
-            None if out.is_empty() && Instant::now() < deadline => {}
+            None if packer.len() == 0 && Instant::now() < deadline => {}
             None => break,
         }
     }
-    Ok(out)
+    Ok(packer.take())
 }
 
 impl Reader for KafkaReader {
@@ -748,7 +651,9 @@ impl Reader for KafkaReader {
             });
             let done = task.await;
             self.in_flight = None;
-            done.map_err(|e| Error::Transport(format!("reader task failed: {e}")))?
+            let packed =
+                done.map_err(|e| Error::Transport(format!("reader task failed: {e}")))??;
+            self.unpacker.unpack(packed).map_err(|_| corrupt())
         })
     }
 
@@ -808,14 +713,22 @@ struct Bridge {
     /// How long the revoke callback waits for the runtime's answer.
     rebalance_timeout: Duration,
     /// To the runtime: records, assignments, revocations, a fatal error.
-    deliveries: mpsc::Sender<Result<Delivery, Error>>,
+    deliveries: mpsc::Sender<Result<Handed, Error>>,
     /// From the runtime: commits, the revocation answer, close.
     commands: Mutex<std_mpsc::Receiver<Command>>,
     /// Records polled and not yet handed over. Flushed before every Revoking and
     /// Assigned, so the runtime sees them in the order they were polled.
-    batch: Mutex<Vec<Record>>,
+    batch: Mutex<Packer>,
     /// Shared with [`KafkaMember`].
     flags: Arc<Flags>,
+}
+
+/// What a member thread hands the runtime's side.
+enum Handed {
+    /// Records, to unpack there.
+    Records(Packed),
+    /// An assignment or a revocation.
+    Delivery(Delivery),
 }
 
 /// What one look at the command channel found.
@@ -901,7 +814,7 @@ impl Bridge {
     fn forward(
         &self,
         consumer: &BaseConsumer<Bridge>,
-        mut item: Result<Delivery, Error>,
+        mut item: Result<Handed, Error>,
         deadline: Option<Instant>,
     ) -> bool {
         loop {
@@ -926,8 +839,8 @@ impl Bridge {
 
     /// Hands over the records polled so far.
     fn flush(&self, consumer: &BaseConsumer<Bridge>, deadline: Option<Instant>) -> bool {
-        let batch = std::mem::take(&mut *lock(&self.batch));
-        batch.is_empty() || self.forward(consumer, Ok(Delivery::Records(batch)), deadline)
+        let packed = lock(&self.batch).take();
+        packed.is_empty() || self.forward(consumer, Ok(Handed::Records(packed)), deadline)
     }
 
     /// The eager revocation: hand the runtime what was polled and a Revoking, wait for
@@ -935,7 +848,11 @@ impl Bridge {
     fn revoke(&self, consumer: &BaseConsumer<Bridge>, tps: Vec<TopicPartition>) {
         let deadline = Instant::now() + self.rebalance_timeout;
         if !self.flush(consumer, Some(deadline))
-            || !self.forward(consumer, Ok(Delivery::Revoking(tps)), Some(deadline))
+            || !self.forward(
+                consumer,
+                Ok(Handed::Delivery(Delivery::Revoking(tps))),
+                Some(deadline),
+            )
         {
             if !self.stopping() {
                 warn!(group = %self.group, "the runtime did not take the revocation in time; partitions move without a final commit");
@@ -1027,7 +944,11 @@ impl ConsumerContext for Bridge {
             }
             // Records of the new assignment come from later polls: Assigned goes first.
             if self.flush(consumer, None) {
-                self.forward(consumer, Ok(Delivery::Assigned(tps_of(tpl))), None);
+                self.forward(
+                    consumer,
+                    Ok(Handed::Delivery(Delivery::Assigned(tps_of(tpl)))),
+                    None,
+                );
             }
         }
     }
@@ -1078,16 +999,15 @@ fn commit_offsets(
 /// arrives within [`BATCH_WINDOW`], up to [`DELIVERY_RECORDS_MAX`]. Rebalance callbacks
 /// run inside these polls. What librdkafka already holds is taken without a timeout
 /// (no clock reading per record); the window's clock runs only when it holds nothing.
-fn gather(consumer: &BaseConsumer<Bridge>, intake: &mut Intake) -> Result<(), Error> {
+fn gather(consumer: &BaseConsumer<Bridge>) -> Result<(), Error> {
     let bridge = consumer.context();
     let mut window_end: Option<Instant> = None;
     let mut timeout = POLL_SLICE;
     loop {
         match consumer.poll(timeout) {
             Some(Ok(m)) => {
-                let r = record_of(&m, intake);
                 let mut batch = lock(&bridge.batch);
-                batch.push(r);
+                batch.push(&m);
                 if batch.len() >= DELIVERY_RECORDS_MAX {
                     return Ok(());
                 }
@@ -1117,9 +1037,8 @@ fn gather(consumer: &BaseConsumer<Bridge>, intake: &mut Intake) -> Result<(), Er
 /// leaves the group (close) or just stops (drop).
 fn run_member(consumer: BaseConsumer<Bridge>) {
     let bridge = consumer.context().clone();
-    let mut intake = Intake::default();
     while !bridge.stopping() && bridge.serve_queued(&consumer) {
-        if let Err(e) = gather(&consumer, &mut intake) {
+        if let Err(e) = gather(&consumer) {
             if bridge.flush(&consumer, None) {
                 bridge.forward(&consumer, Err(e), None);
             }
@@ -1147,7 +1066,9 @@ struct KafkaMember {
     /// To the member thread.
     commands: std_mpsc::Sender<Command>,
     /// From the member thread.
-    deliveries: mpsc::Receiver<Result<Delivery, Error>>,
+    deliveries: mpsc::Receiver<Result<Handed, Error>>,
+    /// Builds the records the member thread packed.
+    unpacker: Unpacker,
     /// Shared with the member thread.
     flags: Arc<Flags>,
     /// The member thread; `None` once `close` took it.
@@ -1187,7 +1108,7 @@ impl KafkaMember {
             rebalance_timeout: options.rebalance_timeout,
             deliveries: deliveries_tx,
             commands: Mutex::new(commands_rx),
-            batch: Mutex::new(Vec::new()),
+            batch: Mutex::new(Packer::default()),
             flags: flags.clone(),
         };
         let group = &options.group;
@@ -1208,6 +1129,7 @@ impl KafkaMember {
             group: options.group,
             commands,
             deliveries,
+            unpacker: Unpacker::default(),
             flags,
             thread: Some(thread),
         })
@@ -1238,7 +1160,13 @@ impl GroupConsumer for KafkaMember {
         Box::pin(async move {
             match tokio::time::timeout(idle, self.deliveries.recv()).await {
                 Err(_) => Ok(Delivery::Idle),
-                Ok(Some(d)) => d,
+                Ok(Some(Ok(Handed::Records(packed)))) => self
+                    .unpacker
+                    .unpack(packed)
+                    .map(Delivery::Records)
+                    .map_err(|_| corrupt()),
+                Ok(Some(Ok(Handed::Delivery(d)))) => Ok(d),
+                Ok(Some(Err(e))) => Err(e),
                 Ok(None) => Err(self.gone()),
             }
         })
@@ -1295,48 +1223,5 @@ impl Drop for KafkaMember {
             self.flags.abandoned.store(true, Ordering::SeqCst);
             self.flags.stopping.store(true, Ordering::SeqCst);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arena_pieces_are_independent_and_share_chunks() {
-        let mut arena = Arena::default();
-        let key = arena.push(b"key-1");
-        let value = arena.push(b"a value");
-        let empty = arena.push(b"");
-        let a = arena.take();
-        assert_eq!(&a[..], b"key-1a value");
-        assert_eq!(
-            (&a.slice(key)[..], &a.slice(value)[..]),
-            (&b"key-1"[..], &b"a value"[..])
-        );
-        assert_eq!(a.slice(empty), Bytes::new());
-        // The next piece follows in the same chunk.
-        arena.push(b"next");
-        let b = arena.take();
-        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
-        // A chunk with too little room left is not grown: the next piece starts a new one.
-        arena.push(&vec![
-            7u8;
-            ARENA_CHUNK - a.len() - b.len() - ARENA_ROOM_MIN + 1
-        ]);
-        let f = arena.take();
-        arena.push(b"xy");
-        let next = arena.take();
-        assert_eq!(&next[..], b"xy");
-        assert_ne!(f.as_ptr().wrapping_add(f.len()), next.as_ptr());
-        assert!(f.iter().all(|&x| x == 7));
-        // A piece that outgrows its chunk is moved, whole, to a buffer of its own.
-        arena.push(b"head");
-        arena.push(&vec![1u8; ARENA_CHUNK * 2 + 3]);
-        let big = arena.take();
-        assert_eq!(big.len(), 4 + ARENA_CHUNK * 2 + 3);
-        assert_eq!(&big[..4], b"head");
-        drop((a, f));
-        assert_eq!(&b[..], b"next");
     }
 }

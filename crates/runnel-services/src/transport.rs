@@ -98,32 +98,43 @@ pub const UNREADABLE_HEADERS: &str = "runnel_unreadable_headers";
 /// another is copied.
 #[must_use]
 pub fn header_name(name: &str) -> HeaderName {
-    const KNOWN: [&str; 20] = [
-        UNREADABLE_HEADERS,
-        headers::CE_ID,
-        headers::CE_TYPE,
-        headers::CE_SOURCE,
-        headers::CE_TIME,
-        headers::CE_SPECVERSION,
-        headers::CE_DATAVERSION,
-        headers::CONTENT_TYPE,
-        headers::TRACEPARENT,
-        headers::CE_TRACEPARENT,
-        dlq_headers::ERROR,
-        dlq_headers::ERROR_KIND,
-        dlq_headers::TOPIC,
-        dlq_headers::PARTITION,
-        dlq_headers::OFFSET,
-        dlq_headers::ATTEMPTS,
-        dlq_headers::SERVICE,
-        dlq_headers::TIME_MS,
-        dlq_headers::REPLAYED_FROM,
-        "tracestate",
-    ];
-    match KNOWN.iter().find(|k| **k == name) {
+    match known_header_name(name.as_bytes()) {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(name.to_owned()),
     }
+}
+
+/// The toolkit's own header names (see [`header_name`]).
+const KNOWN_HEADER_NAMES: [&str; 20] = [
+    UNREADABLE_HEADERS,
+    headers::CE_ID,
+    headers::CE_TYPE,
+    headers::CE_SOURCE,
+    headers::CE_TIME,
+    headers::CE_SPECVERSION,
+    headers::CE_DATAVERSION,
+    headers::CONTENT_TYPE,
+    headers::TRACEPARENT,
+    headers::CE_TRACEPARENT,
+    dlq_headers::ERROR,
+    dlq_headers::ERROR_KIND,
+    dlq_headers::TOPIC,
+    dlq_headers::PARTITION,
+    dlq_headers::OFFSET,
+    dlq_headers::ATTEMPTS,
+    dlq_headers::SERVICE,
+    dlq_headers::TIME_MS,
+    dlq_headers::REPLAYED_FROM,
+    "tracestate",
+];
+
+/// `name` as one of the toolkit's own header names, compared as bytes (no UTF-8 check
+/// needed for a name that matches).
+pub(crate) fn known_header_name(name: &[u8]) -> Option<&'static str> {
+    KNOWN_HEADER_NAMES
+        .iter()
+        .find(|k| k.as_bytes() == name)
+        .copied()
 }
 
 /// Headers with `String` names (as `runnel-core` reads them) as a [`Record`]'s,
