@@ -10,9 +10,11 @@
 //! ```
 //!
 //! Raw rates: on the embedded transport, the transport's own `Reader` reading every
-//! record once; on the kafka transport, the real `runnel bench consume` (librdkafka)
-//! against a Runnel broker started in this process, run as a child process
-//! (`target/release/runnel`, or `RUNNEL_BIN`). A handler case ends when every event was
+//! record once; on the kafka transport, the real `runnel bench consume` (librdkafka) run
+//! as a child process against a `runnel serve` process (both `target/release/runnel`,
+//! or `RUNNEL_BIN`). Beside them on kafka, "rdkafka + headers": librdkafka alone reading
+//! every record's headers, the ceiling of a runtime on librdkafka that reads them (case
+//! `headers`). A handler case ends when every event was
 //! handled (`handled` in the instance's metrics; commits follow within 500 ms), a table
 //! case when every event was applied to the table.
 
