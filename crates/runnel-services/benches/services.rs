@@ -208,64 +208,17 @@ fn runnel_bin() -> String {
     })
 }
 
-/// `runnel serve` as a process of its own, as it runs beside services in a deployment:
-/// on 127.0.0.1:0, data in a fresh directory; killed and removed when dropped.
+/// `runnel serve` as a process of its own, as it runs beside services in a deployment.
 #[cfg(feature = "kafka")]
-struct Broker {
-    child: std::process::Child,
-    addr: String,
-    dir: std::path::PathBuf,
-}
-
-#[cfg(feature = "kafka")]
-impl Broker {
-    fn start() -> Broker {
-        use std::io::BufRead;
-        let dir = std::env::temp_dir().join(format!("runnel-bench-broker-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let bin = runnel_bin();
-        let mut child = std::process::Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args([
-                "--log-level",
-                "warn",
-                "--group-initial-rebalance-delay-ms",
-                "0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("log"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {bin} (cargo build --release -p runnel): {e}"));
-        let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        // "... listening on ADDR ..."
-        let addr = first
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_string();
-        Broker { child, addr, dir }
-    }
-}
-
-#[cfg(feature = "kafka")]
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+#[path = "../../runnel/tests/common/serve.rs"]
+mod serve;
 
 #[cfg(feature = "kafka")]
 async fn kafka(n: u64) {
     use runnel_services::{Kafka, KafkaConfig};
-    let broker = Broker::start();
+    let dir = std::env::temp_dir().join(format!("runnel-bench-broker-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let broker = serve::Broker::start_bin(std::path::Path::new(&runnel_bin()), &dir.join("log"));
     let k = Kafka::connect(KafkaConfig::new(broker.addr.clone())).unwrap();
     let t: Arc<dyn Transport> = k.clone();
     fill(&*t, n).await;
@@ -279,7 +232,7 @@ async fn kafka(n: u64) {
     } else {
         0.0
     };
-    let rt = Runtime::new(t.clone()).state_dir(broker.dir.join("state"));
+    let rt = Runtime::new(t.clone()).state_dir(dir.join("state"));
     let (noop, table) = handler_cases(&rt, n).await;
     report("kafka", "raw bench consume", n, raw, noop, table);
     println!(
@@ -290,6 +243,7 @@ async fn kafka(n: u64) {
     drop(t);
     drop(k);
     drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// librdkafka's consumer, in this process, reading every record's key, value and

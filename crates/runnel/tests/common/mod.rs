@@ -1,9 +1,7 @@
 //! A `runnel serve` process on a free port, for the binary's end-to-end tests.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -22,62 +20,15 @@ impl Drop for TempDir {
     }
 }
 
-/// `runnel serve` on 127.0.0.1:0 with data in a given directory; killed when dropped.
-pub struct Broker {
-    child: Child,
-    /// The Kafka address it printed.
-    pub addr: String,
-    /// The HTTP API's address it printed.
-    pub http: String,
-}
+mod serve;
+#[allow(unused_imports)]
+pub use serve::{Broker, http_address};
 
 impl Broker {
-    /// Starts a broker (new groups form at once) and reads the address it listens on.
+    /// Starts this crate's `runnel` (new groups form at once) with data in `dir`.
     pub fn start(dir: &Path) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args(["--log-level", "warn"])
-            .args(["--group-initial-rebalance-delay-ms", "0", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("runnel starts");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (mut first, mut second) = (String::new(), String::new());
-        out.read_line(&mut first).unwrap();
-        out.read_line(&mut second).unwrap();
-        let http = http_address(&second);
-        let addr = first
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_string();
-        Broker { child, addr, http }
+        Broker::start_bin(Path::new(env!("CARGO_BIN_EXE_runnel")), dir)
     }
-
-    /// SIGKILL: no shutdown, no final sync.
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The HTTP API's address in the startup line that announces it.
-pub fn http_address(line: &str) -> String {
-    line.split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no HTTP address in {line:?}"))
-        .to_string()
 }
 
 /// Waits for `child` to exit, at most `limit`; on timeout kills it and fails the test
