@@ -183,10 +183,10 @@ mod tests {
             records[0].headers,
             vec![
                 (
-                    "ce_type".to_string(),
+                    Bytes::from_static(b"ce_type"),
                     Some(Bytes::from_static(b"OrderPlaced"))
                 ),
-                ("ce_type".to_string(), Some(Bytes::new())),
+                (Bytes::from_static(b"ce_type"), Some(Bytes::new())),
             ]
         );
         assert!(records[1].headers.is_empty());

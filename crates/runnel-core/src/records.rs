@@ -38,9 +38,11 @@ pub struct StoredRecord {
     pub key: Option<Bytes>,
     /// The value, `None` for null.
     pub value: Option<Bytes>,
-    /// The headers in order: key (UTF-8; invalid bytes replaced) and value (`None` for
-    /// null).
-    pub headers: Vec<(String, Option<Bytes>)>,
+    /// The headers in order: key and value (`None` for null), as stored. Kafka says a
+    /// key is UTF-8 but nothing checks it: decode it where it is shown or compared
+    /// (slicing costs no allocation, so a reader that knows the names it expects
+    /// compares bytes).
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
 /// The records section of a compressed batch, decompressed (codec ids 1 gzip, 2 snappy,
@@ -315,10 +317,7 @@ pub fn records_in(bytes: &Bytes, from: i64) -> (Vec<StoredRecord>, i64) {
             }
             // The walk checked the header count against the bytes there.
             let mut headers = Vec::with_capacity(r.header_count as usize);
-            headers.extend(
-                r.headers()
-                    .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.map(slice))),
-            );
+            headers.extend(r.headers().map(|(k, v)| (slice(k), v.map(slice))));
             out.push(StoredRecord {
                 offset,
                 timestamp: if h.is_log_append_time() {

@@ -61,7 +61,10 @@ fn produce_places_records_as_kafka_clients_do_and_reads_them_back() {
     assert_eq!(values, want);
     assert_eq!(
         records[0].headers,
-        vec![("ce_type".to_string(), Some(Bytes::from_static(b"Test")))]
+        vec![(
+            Bytes::from_static(b"ce_type"),
+            Some(Bytes::from_static(b"Test"))
+        )]
     );
     let counters = f.core.topic_counters("t");
     assert_eq!(

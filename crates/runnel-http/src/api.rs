@@ -585,7 +585,9 @@ async fn read_records(
             let headers: Vec<Value> = r
                 .headers
                 .iter()
-                .map(|(k, v)| json!({"key": k, "value": text(v), "value_hex": hex(v)}))
+                .map(|(k, v)| {
+                    json!({"key": String::from_utf8_lossy(k), "value": text(v), "value_hex": hex(v)})
+                })
                 .collect();
             json!({
                 "offset": r.offset,
@@ -932,7 +934,7 @@ async fn replay_dead_letter(
         record
             .headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k == name.as_bytes())
             .and_then(|(_, v)| v.as_deref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };
@@ -942,11 +944,16 @@ async fn replay_dead_letter(
             dlq_headers::TOPIC
         )));
     };
+    let names: Vec<_> = record
+        .headers
+        .iter()
+        .map(|(k, _)| String::from_utf8_lossy(k))
+        .collect();
     let headers = runnel_core::services::replay_headers(
-        record
-            .headers
+        names
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref())),
+            .zip(&record.headers)
+            .map(|(k, (_, v))| (k.as_ref(), v.as_deref())),
         &dlq,
         offset,
     );

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::transport::{
     BoxFuture, Delivery, GroupConsumer, MemberOptions, OutRecord, Reader, Record, Sent,
-    TopicPartition, TopicSpec, Transport, owned_headers,
+    TopicPartition, TopicSpec, Transport, header_name_of,
 };
 
 /// Bytes read from one partition per poll.
@@ -355,13 +355,19 @@ impl Fetching {
         let (records, next) =
             runnel_core::records::read(&self.partition, self.next, READ_BYTES_MAX)
                 .map_err(|e| log_error(&format!("reading {}", self.tp), &e))?;
-        self.buffered.extend(records.into_iter().map(|r| Record {
-            tp: self.tp.clone(),
-            offset: r.offset,
-            timestamp_ms: r.timestamp,
-            key: r.key,
-            value: r.value,
-            headers: owned_headers(r.headers),
+        self.buffered.extend(records.into_iter().map(|r| {
+            Record {
+                tp: self.tp.clone(),
+                offset: r.offset,
+                timestamp_ms: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (header_name_of(&k), v))
+                    .collect(),
+            }
         }));
         // Continue after the last batch, which may end past the last record kept by
         // compaction.

@@ -128,6 +128,17 @@ const KNOWN_HEADER_NAMES: [&str; 20] = [
     "tracestate",
 ];
 
+/// A header name as stored (Kafka says UTF-8; nothing checks it) as a [`HeaderName`]:
+/// one of the toolkit's own names borrows its static without a UTF-8 check; another is
+/// copied, with bytes that are not UTF-8 replaced.
+#[must_use]
+pub fn header_name_of(name: &[u8]) -> HeaderName {
+    match known_header_name(name) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(String::from_utf8_lossy(name).into_owned()),
+    }
+}
+
 /// `name` as one of the toolkit's own header names, compared as bytes (no UTF-8 check
 /// needed for a name that matches).
 pub(crate) fn known_header_name(name: &[u8]) -> Option<&'static str> {
@@ -135,16 +146,6 @@ pub(crate) fn known_header_name(name: &[u8]) -> Option<&'static str> {
         .iter()
         .find(|k| k.as_bytes() == name)
         .copied()
-}
-
-/// Headers with `String` names (as `runnel-core` reads them) as a [`Record`]'s,
-/// keeping each name's allocation.
-#[must_use]
-pub fn owned_headers(headers: Vec<(String, Option<Bytes>)>) -> Vec<(HeaderName, Option<Bytes>)> {
-    headers
-        .into_iter()
-        .map(|(n, v)| (Cow::Owned(n), v))
-        .collect()
 }
 
 impl Record {
@@ -302,10 +303,12 @@ mod tests {
         let other = header_name("x-tenant");
         assert!(matches!(other, Cow::Owned(_)));
         assert_eq!(other, "x-tenant");
-        let kept = owned_headers(vec![("a".to_owned(), Some(Bytes::from_static(b"1")))]);
-        assert_eq!(
-            kept,
-            vec![(Cow::Borrowed("a"), Some(Bytes::from_static(b"1")))]
-        );
+        assert!(matches!(
+            header_name_of(b"ce_type"),
+            Cow::Borrowed("ce_type")
+        ));
+        let other = header_name_of(b"x-\xfftenant");
+        assert!(matches!(other, Cow::Owned(_)));
+        assert_eq!(other, "x-\u{fffd}tenant");
     }
 }
