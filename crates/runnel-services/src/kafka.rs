@@ -106,13 +106,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::Error;
 use crate::rng::SplitMix64;
-
-mod packed;
 use crate::transport::{
     BoxFuture, Delivery, GroupConsumer, MemberOptions, OutRecord, Reader, Record, Sent,
     TopicPartition, TopicSpec, Transport,
 };
 use packed::{Packed, Packer, Unpacker};
+
+mod packed;
 
 /// Records handed over per delivery, across partitions.
 const DELIVERY_RECORDS_MAX: usize = 4_096;

@@ -81,41 +81,31 @@ impl Packer {
 
     /// Copies one record.
     pub(super) fn push(&mut self, m: &BorrowedMessage<'_>) {
-        self.pack(
-            m.topic(),
-            m.partition(),
-            m.offset(),
-            m.timestamp().to_millis().unwrap_or(-1),
-            m.key(),
-            m.payload(),
-            |c| {
-                let mut n = 0;
-                if let Some(headers) = m.headers() {
-                    for h in headers.iter() {
-                        put_field(c, Some(h.key.as_bytes()));
-                        put_field(c, h.value);
-                        n += 1;
-                    }
+        let fields = Fields {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
+            key: m.key(),
+            value: m.payload(),
+        };
+        self.pack(&fields, |c| {
+            let mut n = 0;
+            if let Some(headers) = m.headers() {
+                for h in headers.iter() {
+                    put_field(c, Some(h.key.as_bytes()));
+                    put_field(c, h.value);
+                    n += 1;
                 }
-                n
-            },
-        );
+            }
+            n
+        });
     }
 
     /// Packs one record; `headers` writes the header fields and answers how many. If it
     /// panics (rdkafka's header access on a name that is not UTF-8), the record is
     /// packed with its headers marked unreadable instead, and this thread goes on.
-    #[allow(clippy::too_many_arguments)]
-    fn pack(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        timestamp_ms: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: impl FnOnce(&mut BytesMut) -> u32,
-    ) {
+    fn pack(&mut self, f: &Fields<'_>, headers: impl FnOnce(&mut BytesMut) -> u32) {
         // A new chunk when this one is full, or has too little room left; a record larger
         // than the room grows the chunk, and the chunk then ends with it.
         if self.filled >= CHUNK || self.chunk.capacity() - self.chunk.len() < ROOM_MIN {
@@ -125,12 +115,12 @@ impl Packer {
         }
         let c = &mut self.chunk;
         let start = c.len();
-        c.put_i32_le(partition);
-        c.put_i64_le(offset);
-        c.put_i64_le(timestamp_ms);
-        put_field(c, Some(topic.as_bytes()));
-        put_field(c, key);
-        put_field(c, value);
+        c.put_i32_le(f.partition);
+        c.put_i64_le(f.offset);
+        c.put_i64_le(f.timestamp_ms);
+        put_field(c, Some(f.topic.as_bytes()));
+        put_field(c, f.key);
+        put_field(c, f.value);
         let count_at = c.len();
         c.put_u32_le(0);
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| headers(&mut *c)));
@@ -159,10 +149,22 @@ impl Packer {
     }
 }
 
+/// A record's fields other than its headers.
+struct Fields<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: i64,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+}
+
 fn put_field(c: &mut BytesMut, bytes: Option<&[u8]>) {
     match bytes {
         Some(b) => {
-            c.put_u32_le(u32::try_from(b.len()).expect("a Kafka field is under 4 GiB"));
+            // librdkafka receives at most 2 GiB in one response
+            // (`receive.message.max.bytes`), so a field's length fits, below `NULL`.
+            c.put_u32_le(u32::try_from(b.len()).expect("a field under 2 GiB"));
             c.put_slice(b);
         }
         None => c.put_u32_le(NULL),
@@ -311,8 +313,28 @@ mod tests {
         Vec<(&'a str, Option<&'a [u8]>)>,
     );
 
+    fn fields<'a>(
+        topic: &'a str,
+        offset: i64,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+    ) -> Fields<'a> {
+        Fields {
+            topic,
+            partition: 0,
+            offset,
+            timestamp_ms: offset * 10,
+            key,
+            value,
+        }
+    }
+
     fn pack(p: &mut Packer, (topic, partition, offset, key, value, headers): Plain<'_>) {
-        p.pack(topic, partition, offset, offset * 10, key, value, |c| {
+        let f = Fields {
+            partition,
+            ..fields(topic, offset, key, value)
+        };
+        p.pack(&f, |c| {
             for (name, value) in &headers {
                 put_field(c, Some(name.as_bytes()));
                 put_field(c, *value);
@@ -429,7 +451,7 @@ mod tests {
     #[test]
     fn headers_that_cannot_be_read_mark_the_record_and_the_next_goes_on() {
         let mut p = Packer::default();
-        p.pack("t", 0, 1, 0, Some(b"k"), Some(b"v"), |c| {
+        p.pack(&fields("t", 1, Some(b"k"), Some(b"v")), |c| {
             put_field(c, Some(b"half"));
             panic!("rdkafka's header access on a name that is not UTF-8");
         });
