@@ -31,7 +31,7 @@
 //! the runtime's [`Clock`], so tests drive them with virtual time.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -729,8 +729,8 @@ async fn poll_loop(
 /// One owned partition: what was fetched and where each record stands.
 struct Part {
     tracker: PartitionTracker,
-    /// The records fetched and not finished, by offset.
-    records: FxHashMap<i64, Arc<Record>>,
+    /// The records fetched and not finished.
+    records: Fetched,
     /// Failures so far per offset (retries and parks count separately in `decide`).
     attempts: FxHashMap<i64, u32>,
     /// The assignment this state belongs to: outcomes of older ones are ignored.
@@ -744,9 +744,51 @@ impl Part {
     /// The record at `offset` is done: handled, dead-lettered or skipped.
     fn finish(&mut self, offset: i64) {
         self.tracker.done(offset);
-        self.records.remove(&offset);
+        self.records.remove(offset);
         if !self.attempts.is_empty() {
             self.attempts.remove(&offset);
+        }
+    }
+}
+
+/// A partition's records fetched and not finished, in offset order: offsets grow from
+/// fetch to fetch, so they are kept in a deque (looked up by place, read in memory
+/// order) rather than a hash map (a cache miss per record).
+#[derive(Default)]
+struct Fetched {
+    /// Offset and record; `None` once finished, until every record before it is too.
+    slots: VecDeque<(i64, Option<Arc<Record>>)>,
+}
+
+impl Fetched {
+    /// Adds the record at `offset`, above every offset held.
+    fn push(&mut self, offset: i64, record: Arc<Record>) {
+        debug_assert!(self.slots.back().is_none_or(|s| s.0 < offset));
+        self.slots.push_back((offset, Some(record)));
+    }
+
+    /// Where `offset` is held. Offsets are usually contiguous: the place they would
+    /// have then is tried first.
+    fn place(&self, offset: i64) -> Option<usize> {
+        let front = self.slots.front()?.0;
+        let guess = usize::try_from(offset.checked_sub(front)?).ok()?;
+        if self.slots.get(guess).is_some_and(|s| s.0 == offset) {
+            return Some(guess);
+        }
+        self.slots.binary_search_by_key(&offset, |s| s.0).ok()
+    }
+
+    fn get(&self, offset: i64) -> Option<&Arc<Record>> {
+        self.slots[self.place(offset)?].1.as_ref()
+    }
+
+    /// Drops the record at `offset`, and every finished one at the front.
+    fn remove(&mut self, offset: i64) {
+        if let Some(i) = self.place(offset) {
+            self.slots[i].1 = None;
+        }
+        while self.slots.front().is_some_and(|s| s.1.is_none()) {
+            self.slots.pop_front();
         }
     }
 }
@@ -964,7 +1006,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let part = self.parts.get_mut(&tp).expect("caller checked");
         let record = part
             .records
-            .get(&offset)
+            .get(offset)
             .expect("tracked records are kept")
             .clone();
         let generation = part.generation;
@@ -1222,7 +1264,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let current = self
             .parts
             .get(&w.tp)
-            .is_some_and(|p| p.generation == w.generation && p.records.contains_key(&w.offset));
+            .is_some_and(|p| p.generation == w.generation && p.records.get(w.offset).is_some());
         if current {
             // Back in the queue, in offset order with its key, under the concurrency
             // limit: many records waking at once do not all run at once.
@@ -1241,7 +1283,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         attempts: u32,
     ) {
         let part = self.parts.get(&tp).expect("caller checked");
-        let record = part.records.get(&offset).expect("tracked").clone();
+        let record = part.records.get(offset).expect("tracked").clone();
         let mut hdrs: Vec<(String, Vec<u8>)> = record
             .headers
             .iter()
@@ -1330,7 +1372,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     }
                     part.last_pushed = r.offset;
                     part.tracker.push_key(r.offset, r.key.as_deref());
-                    part.records.insert(r.offset, Arc::new(r));
+                    part.records.push(r.offset, Arc::new(r));
                 }
                 // Once per partition rather than per record: it takes a lock.
                 for (tp, part) in &self.parts {
@@ -1370,7 +1412,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         tp,
                         Part {
                             tracker: PartitionTracker::default(),
-                            records: FxHashMap::default(),
+                            records: Fetched::default(),
                             attempts: FxHashMap::default(),
                             generation: self.generation,
                             last_pushed: -1,
@@ -1908,4 +1950,54 @@ fn apply_table_batch(
     store
         .apply(&batch)
         .map_err(|e| Error::Store(format!("writing table {table}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64) -> Arc<Record> {
+        Arc::new(Record {
+            tp: TopicPartition::new("t", 0),
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn fetched_records_are_found_with_gaps_and_leave_from_the_front() {
+        let mut f = Fetched::default();
+        // Gaps, as compaction and transaction markers leave them.
+        for o in [10, 11, 12, 15, 16, 20] {
+            f.push(o, record(o));
+        }
+        for o in [10, 11, 12, 15, 16, 20] {
+            assert_eq!(f.get(o).map(|r| r.offset), Some(o));
+        }
+        for absent in [0, 9, 13, 14, 17, 19, 21, i64::MIN, i64::MAX] {
+            assert!(f.get(absent).is_none(), "{absent}");
+        }
+        // Finished out of order: held until everything before it is finished too.
+        f.remove(12);
+        assert!(f.get(12).is_none());
+        assert_eq!(f.slots.len(), 6);
+        f.remove(10);
+        assert_eq!(f.slots.len(), 5);
+        f.remove(11);
+        assert_eq!(f.slots.front().map(|s| s.0), Some(15));
+        assert_eq!(f.get(16).map(|r| r.offset), Some(16));
+        // Removing what is not held changes nothing.
+        f.remove(13);
+        f.remove(99);
+        assert_eq!(f.slots.len(), 3);
+        for o in [15, 16, 20] {
+            f.remove(o);
+        }
+        assert!(f.slots.is_empty());
+        f.push(21, record(21));
+        assert_eq!(f.get(21).map(|r| r.offset), Some(21));
+    }
 }
