@@ -13,10 +13,14 @@
 //! record once; on the kafka transport, the real `runnel bench consume` (librdkafka) run
 //! as a child process against a `runnel serve` process (both `target/release/runnel`,
 //! or `RUNNEL_BIN`). Beside them on kafka, "rdkafka + headers": librdkafka alone reading
-//! every record's headers, the ceiling of a runtime on librdkafka that reads them (case
-//! `headers`). A handler case ends when every event was
-//! handled (`handled` in the instance's metrics; commits follow within 500 ms), a table
-//! case when every event was applied to the table.
+//! every record's headers (case `headers`). On kafka every figure is taken in a fresh
+//! child process of this bench, and the topic is filled by another one.
+//!
+//! Handler and table rates are steady rates, from the first record done to the last,
+//! as `runnel bench consume` counts from its assignment: a service's start-up (its
+//! store opened, its group joined, its first fetch) is printed apart. A handler case
+//! ends when every event was handled (`handled` in the instance's metrics; commits
+//! follow within 500 ms), a table case when every event was applied to the table.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,27 +98,40 @@ async fn raw_read(t: &dyn Transport, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The steady rate of a service: from the first record it finished to the last (the
+/// records done before the first look are left out), as `runnel bench consume` counts
+/// from its assignment, after connecting. The start-up before it (the store opened,
+/// the group joined, the first fetch) is printed apart, to standard error.
 async fn run_service(rt: &Runtime, svc: Service, n: u64, table: bool) -> f64 {
-    let start = Instant::now();
+    let started = Instant::now();
     let h = rt.start(svc, "bench").await.unwrap();
-    loop {
+    let done = || {
         let m = h.metrics();
-        let done = if table {
-            m.table_records >= n
-        } else {
-            m.handled >= n
-        };
-        if done {
+        if table { m.table_records } else { m.handled }
+    };
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let now = done();
+        if now > 0 && first.is_none() {
+            first = Some((Instant::now(), now));
+        }
+        if now >= n {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(600),
+            started.elapsed() < Duration::from_secs(600),
             "{:?}",
             h.metrics()
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let (at, before) = first.expect("records were done");
+    let rate = (n - before) as f64 / at.elapsed().as_secs_f64();
+    eprintln!(
+        "  ({} start-up: {:.0} ms to its first record)",
+        h.name(),
+        (at - started).as_secs_f64() * 1e3
+    );
     h.stop().await.unwrap();
     rate
 }
@@ -134,22 +151,34 @@ fn report(transport: &str, raw_what: &str, n: u64, raw: f64, noop: f64, table: f
     );
 }
 
+/// The service of a handler case ("noop" or "table") and whether it is a table case.
+fn service_of(case: &str) -> (Service, bool) {
+    match case {
+        "noop" => (
+            Service::new("bench-noop")
+                .on::<Tick, _>(noop)
+                .concurrency(256),
+            false,
+        ),
+        "table" => (
+            Service::new("bench-table")
+                .table(Table::<Last>::named("last").upsert::<Tick>(|e| Some(Last { n: e.n }))),
+            true,
+        ),
+        other => panic!("no handler case {other:?}"),
+    }
+}
+
 /// The no-op handler and the table upsert on `rt`: their rates, 0 for a case left out.
 async fn handler_cases(rt: &Runtime, n: u64) -> (f64, f64) {
-    let mut noop_rate = 0.0;
-    if case("noop") {
-        let svc = Service::new("bench-noop")
-            .on::<Tick, _>(noop)
-            .concurrency(256);
-        noop_rate = run_service(rt, svc, n, false).await;
+    let mut rates = [0.0; 2];
+    for (rate, name) in rates.iter_mut().zip(["noop", "table"]) {
+        if case(name) {
+            let (svc, table) = service_of(name);
+            *rate = run_service(rt, svc, n, table).await;
+        }
     }
-    let mut table_rate = 0.0;
-    if case("table") {
-        let svc = Service::new("bench-table")
-            .table(Table::<Last>::named("last").upsert::<Tick>(|e| Some(Last { n: e.n })));
-        table_rate = run_service(rt, svc, n, true).await;
-    }
-    (noop_rate, table_rate)
+    (rates[0], rates[1])
 }
 
 async fn embedded(n: u64) {
@@ -190,6 +219,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    #[cfg(feature = "kafka")]
+    if let Ok(what) = std::env::var(CHILD_ENV) {
+        rt.block_on(kafka_child(&what, n));
+        return;
+    }
     if case("embedded") {
         rt.block_on(embedded(n));
     }
@@ -213,40 +247,89 @@ fn runnel_bin() -> String {
 #[path = "../../runnel/tests/common/serve.rs"]
 mod serve;
 
+/// Set on a child process of this bench: what it is to do ("fill", "headers", "noop"
+/// or "table"); the broker's address and a state directory come with it.
+#[cfg(feature = "kafka")]
+const CHILD_ENV: &str = "RUNNEL_BENCH_CHILD";
+#[cfg(feature = "kafka")]
+const BROKER_ENV: &str = "RUNNEL_BENCH_BROKER";
+#[cfg(feature = "kafka")]
+const STATE_ENV: &str = "RUNNEL_BENCH_STATE";
+
+/// On the kafka transport every figure is taken in a process of its own, as the raw
+/// rate is (`runnel bench consume`) and as services run in a deployment: the process
+/// measured has done nothing else (with the topic filled in the measuring process, the
+/// figures after it were lower; BENCHMARKS.md).
 #[cfg(feature = "kafka")]
 async fn kafka(n: u64) {
-    use runnel_services::{Kafka, KafkaConfig};
     let dir = std::env::temp_dir().join(format!("runnel-bench-broker-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let broker = serve::Broker::start_bin(std::path::Path::new(&runnel_bin()), &dir.join("log"));
-    let k = Kafka::connect(KafkaConfig::new(broker.addr.clone())).unwrap();
-    let t: Arc<dyn Transport> = k.clone();
-    fill(&*t, n).await;
+    child("fill", &broker.addr, n, &dir);
     let raw = if case("raw") {
         bench_consume(&broker.addr, n)
     } else {
         0.0
     };
-    let headers = if case("headers") {
-        headers_consume(&broker.addr, n)
-    } else {
-        0.0
-    };
-    let rt = Runtime::new(t.clone()).state_dir(dir.join("state"));
-    let (noop, table) = handler_cases(&rt, n).await;
+    let mut rates = [0.0; 3];
+    for (rate, name) in rates.iter_mut().zip(["headers", "noop", "table"]) {
+        if case(name) {
+            *rate = child(name, &broker.addr, n, &dir);
+        }
+    }
+    let [headers, noop, table] = rates;
     report("kafka", "raw bench consume", n, raw, noop, table);
     println!(
         "  rdkafka + headers   {headers:>12.0} events/s   {:.2} of raw",
         headers / raw
     );
-    drop(rt);
-    drop(t);
-    drop(k);
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// librdkafka's consumer, in this process, reading every record's key, value and
+/// Runs this bench as a child process doing `what`; the rate it printed (0 for "fill").
+#[cfg(feature = "kafka")]
+fn child(what: &str, addr: &str, n: u64, dir: &std::path::Path) -> f64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, what)
+        .env(BROKER_ENV, addr)
+        .env(STATE_ENV, dir.join("state"))
+        .env("RUNNEL_BENCH_EVENTS", n.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the {what} process failed: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("rate "))
+        .map_or(0.0, |r| r.parse().unwrap())
+}
+
+/// A child process's work (see [`child`]): prints `rate R` for a measured case.
+#[cfg(feature = "kafka")]
+async fn kafka_child(what: &str, n: u64) {
+    use runnel_services::{Kafka, KafkaConfig};
+    let addr = std::env::var(BROKER_ENV).unwrap();
+    if what == "headers" {
+        println!("rate {}", headers_consume(&addr, n));
+        return;
+    }
+    let k = Kafka::connect(KafkaConfig::new(addr.clone())).unwrap();
+    let rate = match what {
+        "fill" => {
+            fill(&*k, n).await;
+            return;
+        }
+        case => {
+            let (svc, table) = service_of(case);
+            let rt = Runtime::new(k.clone()).state_dir(std::env::var(STATE_ENV).unwrap());
+            run_service(&rt, svc, n, table).await
+        }
+    };
+    println!("rate {rate}");
+}
+
+/// librdkafka's consumer, in its own process, reading every record's key, value and
 /// headers and doing nothing else: what any runtime on librdkafka pays before its own
 /// work (librdkafka parses a record's headers into a list, allocating each, on first
 /// access). Settings as `runnel bench consume`'s, and the transport's
@@ -265,6 +348,9 @@ fn headers_consume(bootstrap: &str, n: u64) -> f64 {
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100")
         .create()
+        .unwrap();
+    // Connected before the clock starts, as `runnel bench consume` is.
+    c.fetch_metadata(Some("ticks"), Duration::from_secs(10))
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
