@@ -8,7 +8,7 @@
 //! anything is allocated. Callers pass the topic's
 //! [`decompressed_bytes_max`](runnel_log::codec::decompressed_bytes_max); readers,
 //! which do not know the topic's settings, pass
-//! [`DECOMPRESSED_BYTES_CEILING`](runnel_log::codec::DECOMPRESSED_BYTES_CEILING), the
+//! [`DECOMPRESSED_BYTES_CEILING`], the
 //! largest limit a topic can have, so whatever was accepted reads back.
 //!
 //! Every reader steps by a batch's *end* (`baseOffset + lastOffsetDelta + 1`), never by

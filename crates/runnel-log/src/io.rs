@@ -107,7 +107,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// new one (the rename is durable only after the directory fsync).
     ///
     /// The directory holding `path` must itself be durable already: this syncs its
-    /// entries, not its own entry in its parent (see [`create_dir_durable`]).
+    /// entries, not its own entry in its parent (see `create_dir_durable`).
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let tmp = tmp_path(path);
         let file = self.open(&tmp, OpenMode::CreateTruncate)?;
