@@ -67,10 +67,7 @@ impl DeadLetter {
     pub fn replay_record(&self, service: &str) -> Option<OutRecord> {
         let (topic, _, _) = self.source.as_ref()?;
         let headers = runnel_core::services::replay_headers(
-            self.record
-                .headers
-                .iter()
-                .map(|(k, v)| (&**k, v.as_deref())),
+            self.record.headers.iter(),
             &dead_letter_topic(service),
             self.offset,
         );

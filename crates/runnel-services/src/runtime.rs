@@ -1963,7 +1963,7 @@ mod tests {
             timestamp_ms: 0,
             key: None,
             value: None,
-            headers: Vec::new(),
+            headers: crate::transport::Headers::new(),
         })
     }
 

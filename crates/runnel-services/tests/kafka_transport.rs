@@ -153,11 +153,7 @@ async fn sent_records_read_back_with_keys_values_headers_and_tombstones() {
     assert_eq!(p1[0].offset, 0);
     assert_eq!(p1[0].key.as_deref(), Some(&b"k1"[..]));
     assert_eq!(p1[0].value.as_deref(), Some(&b"v1"[..]));
-    let headers: Vec<(&str, Option<&[u8]>)> = p1[0]
-        .headers
-        .iter()
-        .map(|(k, v)| (&**k, v.as_deref()))
-        .collect();
+    let headers: Vec<(&str, Option<&[u8]>)> = p1[0].headers.iter().collect();
     assert_eq!(
         headers,
         [

@@ -24,12 +24,12 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 
 use std::borrow::Cow;
 
 use crate::transport::{
-    HeaderName, Record, TopicPartition, UNREADABLE_HEADERS, header_name, known_header_name,
+    HeaderName, Headers, Record, TopicPartition, UNREADABLE_HEADERS, header_name, known_header_name,
 };
 
 /// The size of a chunk: a few hundred small records. Small enough that a record held
@@ -216,19 +216,24 @@ impl Unpacker {
         let value = r.field()?.map(|v| r.chunk.slice(v));
         let count = u32::from_le_bytes(r.array()?);
         let headers = if count == UNREADABLE {
-            vec![(
+            Headers::from(vec![(
                 header_name(UNREADABLE_HEADERS),
                 Some(Bytes::from_static(UNREADABLE_REASON.as_bytes())),
-            )]
+            )])
         } else {
-            let mut headers = Vec::with_capacity(count as usize);
+            // The values stay in the chunk: the record holds the chunk once for all of
+            // them.
+            let mut entries = Vec::with_capacity(count as usize);
             for i in 0..count as usize {
                 let name = r.field()??;
                 let name = self.header_name(i, &r.chunk[name])?;
-                let value = r.field()?.map(|v| r.chunk.slice(v));
-                headers.push((name, value));
+                let place = match r.field()? {
+                    Some(v) => Some((u32::try_from(v.start).ok()?, u32::try_from(v.len()).ok()?)),
+                    None => None,
+                };
+                entries.push((name, place));
             }
-            headers
+            Headers::over(r.chunk.clone(), entries)
         };
         Some(Record {
             tp: TopicPartition { topic, partition },
@@ -349,11 +354,7 @@ mod tests {
             (topic, partition, offset, offset * 10)
         );
         assert_eq!((r.key.as_deref(), r.value.as_deref()), (key, value));
-        let got: Vec<(&str, Option<&[u8]>)> = r
-            .headers
-            .iter()
-            .map(|(n, v)| (&**n, v.as_deref()))
-            .collect();
+        let got: Vec<(&str, Option<&[u8]>)> = r.headers.iter().collect();
         assert_eq!(got, headers);
     }
 
@@ -390,8 +391,11 @@ mod tests {
             check(r, want);
         }
         // The toolkit's names borrow statics; topics are shared between records.
-        assert!(matches!(out[0].headers[0].0, Cow::Borrowed(_)));
-        assert!(matches!(out[0].headers[1].0, Cow::Owned(_)));
+        let pairs = out[0].headers.to_pairs();
+        assert!(matches!(pairs[0].0, Cow::Borrowed(_)));
+        assert!(matches!(pairs[1].0, Cow::Owned(_)));
+        // The values stay places in the chunk: one reference per record.
+        assert!(out[0].headers.held_in_one_buffer());
         assert!(Arc::ptr_eq(&out[0].tp.topic, &out[1].tp.topic));
         // Nothing is left behind: the next take is empty.
         assert!(p.take().is_empty());
