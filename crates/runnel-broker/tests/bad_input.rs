@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Buf;
 use common::raw::{Client, framed, request_frame};
-use common::requests::{create_topic, fetch_request, log_end, produce_request, topic_name};
+use common::requests::{create_topic, fetch_values, log_end, produce_request, topic_name};
 use common::{TempDir, TestBroker};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -29,7 +29,6 @@ use kafka_protocol::messages::{
     ResponseHeader,
 };
 use kafka_protocol::protocol::Decodable;
-use kafka_protocol::records::RecordBatchDecoder;
 use runnel_broker::SUPPORTED;
 use runnel_log::batch::{KeyValue, build_batch, seal_crc};
 
@@ -119,7 +118,7 @@ impl Fixture {
         let p = produce_one(&mut c, topic, 0, &batch, -1);
         assert_eq!(p.error_code, NONE, "{p:?}");
         assert_eq!(p.base_offset, before);
-        let values = fetch_values(&mut c, topic, 0, before);
+        let values = fetch_values(&mut c, topic, 0, before, FETCH_V);
         assert_eq!(values, vec![b"still serving".to_vec()]);
         assert_eq!(
             BROKER_PANICS.load(Ordering::SeqCst),
@@ -176,23 +175,6 @@ fn produce_one(
     assert_eq!(parts.len(), 1, "{r:?}");
     assert_eq!(parts[0].index, partition);
     parts[0].clone()
-}
-
-/// The values of every record from `offset` on, by a Fetch that does not wait.
-fn fetch_values(c: &mut Client, topic: &str, partition: i32, offset: i64) -> Vec<Vec<u8>> {
-    let req = fetch_request(topic, partition, offset, 1 << 20, 0);
-    let r = c.call(&req, FETCH_V);
-    assert_eq!(r.error_code, NONE, "{r:?}");
-    let data = &r.responses[0].partitions[0];
-    assert_eq!(data.error_code, NONE, "{r:?}");
-    let mut records = data.records.clone().expect("records are never null");
-    RecordBatchDecoder::decode_all(&mut records)
-        .expect("fetched batches decode")
-        .into_iter()
-        .flat_map(|set| set.records)
-        .filter(|r| r.offset >= offset)
-        .map(|r| r.value.map(|v| v.to_vec()).unwrap_or_default())
-        .collect()
 }
 
 fn init_producer_id(c: &mut Client, producer_id: i64, epoch: i16) -> (i64, i16) {
@@ -725,7 +707,7 @@ fn idempotent_retry_of_the_same_batch_returns_the_original_offset() {
     let p = produce_one(&mut c, "idem", 0, &first, -1);
     assert_eq!((p.error_code, p.base_offset), (NONE, 0), "{p:?}");
     assert_eq!(log_end(&mut c, "idem", 0), 4);
-    assert_eq!(fetch_values(&mut c, "idem", 0, 0).len(), 4);
+    assert_eq!(fetch_values(&mut c, "idem", 0, 0, FETCH_V).len(), 4);
     f.finish();
 }
 

@@ -13,9 +13,8 @@ mod common;
 
 use common::TestBroker;
 use common::raw::Client;
-use common::requests::{create_topic, fetch_request, log_end, produce_request};
+use common::requests::{create_topic, fetch_values, log_end, produce_request};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
-use kafka_protocol::records::RecordBatchDecoder;
 use runnel_core::records::KafkaCodecs;
 use runnel_log::BatchCodec;
 use runnel_log::batch::{HEADER_BYTES, build_batch, seal_crc};
@@ -40,20 +39,6 @@ const BOMB_BYTES: usize = 32 << 20;
 fn produce(c: &mut Client, topic: &str, batch: &[u8]) -> PartitionProduceResponse {
     let r = c.call(&produce_request(topic, 0, batch, -1), PRODUCE_V);
     r.responses[0].partition_responses[0].clone()
-}
-
-/// Every record value of partition 0 from offset 0, by a Fetch that does not wait.
-fn fetch_values(c: &mut Client, topic: &str) -> Vec<Vec<u8>> {
-    let r = c.call(&fetch_request(topic, 0, 0, 1 << 20, 0), FETCH_V);
-    let data = &r.responses[0].partitions[0];
-    assert_eq!(data.error_code, NONE, "{r:?}");
-    let mut records = data.records.clone().expect("records are never null");
-    RecordBatchDecoder::decode_all(&mut records)
-        .expect("fetched batches decode")
-        .into_iter()
-        .flat_map(|set| set.records)
-        .map(|r| r.value.map(|v| v.to_vec()).unwrap_or_default())
-        .collect()
 }
 
 /// A one-record batch (key `k`) whose records section is replaced by `payload`, marked
@@ -121,7 +106,7 @@ fn a_decompression_bomb_is_refused_and_the_broker_keeps_serving() {
         assert_eq!(ok.error_code, NONE, "{topic}: {ok:?}");
         assert_eq!(ok.base_offset, 0, "{topic}");
         assert_eq!(
-            fetch_values(&mut c, topic),
+            fetch_values(&mut c, topic, 0, 0, FETCH_V),
             vec![b"after the bomb".to_vec()]
         );
     }

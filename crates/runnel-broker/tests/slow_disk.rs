@@ -15,9 +15,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TempDir;
 use common::raw::Client;
 use common::requests;
+use common::{TempDir, TestBroker};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
@@ -31,10 +31,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use runnel_broker::{BrokerConfig, Server};
-use runnel_log::{
-    DirEntry, DirLock, Log, LogConfig, OpenMode, StdStorage, Storage, StorageFile, SystemClock,
-};
+use runnel_log::{DirEntry, DirLock, OpenMode, StdStorage, Storage, StorageFile};
 
 /// Where every fsync waits while the test holds it closed.
 #[derive(Debug, Default)]
@@ -146,55 +143,20 @@ impl Storage for Gated {
     }
 }
 
-/// A broker on the gated disk, with the runtime `runnel serve` uses (two worker threads).
+/// A broker on the gated disk (the shared test broker: the runtime `runnel serve` uses,
+/// two worker threads). The gate opens before the broker stops.
 struct SlowBroker {
-    addr: std::net::SocketAddr,
+    broker: TestBroker,
     gate: Arc<Gate>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SlowBroker {
     fn start(dir: &Path) -> SlowBroker {
         let gate = Arc::new(Gate::default());
-        let config = BrokerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.to_path_buf(),
-            group_initial_rebalance_delay_ms: 0,
-            ..BrokerConfig::default()
-        };
         let storage = Arc::new(Gated { gate: gate.clone() });
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let mut log_config = LogConfig::new(&config.data_dir);
-            log_config.batch_codec = Some(Arc::new(runnel_core::records::KafkaCodecs));
-            let log = Arc::new(
-                Log::open_with(log_config, storage, Arc::new(SystemClock)).expect("log opens"),
-            );
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let server = Server::bind(config, log.clone()).await.expect("bind");
-                addr_tx.send(server.local_addr().unwrap()).unwrap();
-                server
-                    .run(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-            });
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("broker started");
         SlowBroker {
-            addr,
+            broker: TestBroker::start_on(dir, storage),
             gate,
-            stop: Some(stop_tx),
-            thread: Some(thread),
         }
     }
 }
@@ -202,12 +164,6 @@ impl SlowBroker {
 impl Drop for SlowBroker {
     fn drop(&mut self) {
         self.gate.set(false);
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -321,7 +277,7 @@ fn the_rest_still_answers(c: &mut Client, m: &(StrBytes, i32), while_what: &str)
 fn a_hanging_fsync_stalls_only_the_requests_that_wait_for_it() {
     let dir = TempDir::new("slow-disk");
     let b = SlowBroker::start(&dir.0);
-    let mut c = Client::connect_to(b.addr);
+    let mut c = Client::connect_to(b.broker.addr);
     let created = c.call(&create_topic_request("data"), 5);
     assert_eq!(created.topics[0].error_code, 0);
     let produced = c.call(&produce_request("data"), 9);
@@ -332,16 +288,16 @@ fn a_hanging_fsync_stalls_only_the_requests_that_wait_for_it() {
 
     b.gate.set(true);
     // An offset commit hangs in its fsync...
-    let mut committer = Client::connect_to(b.addr);
+    let mut committer = Client::connect_to(b.broker.addr);
     let commit_id = committer.send(&commit_request("writers", "data"), 7);
     b.gate.until_waiting(1, "the commit");
     the_rest_still_answers(&mut c, &m, "while a commit's fsync hangs");
     // ... and a produce, and a topic creation.
-    let mut producer = Client::connect_to(b.addr);
+    let mut producer = Client::connect_to(b.broker.addr);
     let produce_id = producer.send(&produce_request("data"), 9);
     b.gate.until_waiting(2, "the produce");
     the_rest_still_answers(&mut c, &m, "while a produce's fsync hangs");
-    let mut creator = Client::connect_to(b.addr);
+    let mut creator = Client::connect_to(b.broker.addr);
     let create_id = creator.send(&create_topic_request("more"), 5);
     b.gate.until_waiting(3, "the topic creation");
     the_rest_still_answers(&mut c, &m, "while a topic creation's fsync hangs");

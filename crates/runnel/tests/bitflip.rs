@@ -5,34 +5,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Broker, TempDir, http_get};
+use common::{Broker, TempDir, http_get, http_post};
 
 const BATCHES: u64 = 200;
-
-/// `POST path` with a JSON body on the HTTP API; returns the status line and the body.
-fn http_post(addr: &str, path: &str, body: &str) -> (String, String) {
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        conn,
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
 
 /// The offset in a 12-byte checkpoint file (8 bytes big-endian, then a CRC).
 fn checkpoint(path: &Path) -> Option<u64> {

@@ -59,6 +59,20 @@ impl TestBroker {
     }
 
     pub fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut BrokerConfig)) -> Self {
+        Self::launch(data_dir, tweak, Arc::new(runnel_log::StdStorage))
+    }
+
+    /// Starts a broker whose log does its file I/O through `storage` (a test's slow or
+    /// failing disk).
+    pub fn start_on(data_dir: &Path, storage: Arc<dyn runnel_log::Storage>) -> Self {
+        Self::launch(data_dir, |_| {}, storage)
+    }
+
+    fn launch(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut BrokerConfig),
+        storage: Arc<dyn runnel_log::Storage>,
+    ) -> Self {
         let mut config = BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.to_path_buf(),
@@ -77,7 +91,10 @@ impl TestBroker {
             log_config.batch_codec = Some(Arc::new(runnel_core::records::KafkaCodecs));
             // Compaction shows within a test's patience.
             log_config.cleaner_interval = Duration::from_millis(200);
-            let log = Arc::new(Log::open(log_config).expect("log opens"));
+            let log = Arc::new(
+                Log::open_with(log_config, storage, Arc::new(runnel_log::SystemClock))
+                    .expect("log opens"),
+            );
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

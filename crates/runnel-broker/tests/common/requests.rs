@@ -98,6 +98,33 @@ pub fn fetch_request(
     req
 }
 
+/// The values of every record of `partition` from `offset` on, by a Fetch (`version`)
+/// that does not wait; the answer must carry no error.
+pub fn fetch_values(
+    c: &mut Client,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    version: i16,
+) -> Vec<Vec<u8>> {
+    use kafka_protocol::records::RecordBatchDecoder;
+    let r = c.call(
+        &fetch_request(topic, partition, offset, 1 << 20, 0),
+        version,
+    );
+    assert_eq!(r.error_code, 0, "{r:?}");
+    let data = &r.responses[0].partitions[0];
+    assert_eq!(data.error_code, 0, "{r:?}");
+    let mut records = data.records.clone().expect("records are never null");
+    RecordBatchDecoder::decode_all(&mut records)
+        .expect("fetched batches decode")
+        .into_iter()
+        .flat_map(|set| set.records)
+        .filter(|r| r.offset >= offset)
+        .map(|r| r.value.map(|v| v.to_vec()).unwrap_or_default())
+        .collect()
+}
+
 /// A partition's log end offset, from ListOffsets (v7) with the LATEST timestamp; the
 /// answer must carry no error.
 pub fn log_end(c: &mut Client, topic: &str, partition: i32) -> i64 {

@@ -56,13 +56,29 @@ pub fn finish_within(
 
 /// `GET path` on the HTTP API; returns the status line and the body.
 pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    http_request(addr, "GET", path, None)
+}
+
+/// `POST path` with a JSON body on the HTTP API; returns the status line and the body.
+pub fn http_post(addr: &str, path: &str, body: &str) -> (String, String) {
+    http_request(addr, "POST", path, Some(body))
+}
+
+fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> (String, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
+    let content = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{content}\r\n{}",
+        body.unwrap_or("")
     )
     .unwrap();
     let mut answer = String::new();
