@@ -85,11 +85,11 @@ pub struct Record {
 /// A record's headers, in order: each a name and a value (`None` for null).
 ///
 /// Built from a list of `(name, value)` pairs (`From`, `FromIterator`), or by a
-/// transport over one buffer that holds every value: then the values are places in
-/// that buffer and the record holds one reference to it, not one per header. (Each
-/// reference is an atomic count shared by every record cut from the same chunk; ten
-/// per record, taken on one core and dropped on another, cost the kafka transport
-/// about a fifth of its throughput.)
+/// transport over a block of bytes that holds them all, encoded as [`field`]s: then
+/// the record holds one reference to the block, not one per header, and a header is
+/// read where it lies when asked for (building no list per record: what the kafka
+/// transport's records cost before a handler needs them was most of the runtime's own
+/// work per record).
 #[derive(Clone, Default)]
 pub struct Headers(HeaderList);
 
@@ -97,11 +97,9 @@ pub struct Headers(HeaderList);
 enum HeaderList {
     /// Each value its own slice.
     Pairs(Vec<(HeaderName, Option<Bytes>)>),
-    /// Values as `(start, len)` places in `buf`.
-    Places {
-        buf: Bytes,
-        entries: Vec<(HeaderName, Option<(u32, u32)>)>,
-    },
+    /// `count` headers one after another in `buf`, each a name field (never null) and
+    /// a value field; checked when built.
+    Block { buf: Bytes, count: u32 },
 }
 
 impl Default for HeaderList {
@@ -117,21 +115,18 @@ impl Headers {
         Headers::default()
     }
 
-    /// Headers whose values are places in `buf` (`(start, len)`, `None` for null).
-    ///
-    /// # Panics
-    ///
-    /// If a place is not inside `buf` (a bug of the transport that built it).
-    pub(crate) fn over(buf: Bytes, entries: Vec<(HeaderName, Option<(u32, u32)>)>) -> Headers {
-        for (name, place) in &entries {
-            if let Some((start, len)) = place {
-                assert!(
-                    (*start as usize).saturating_add(*len as usize) <= buf.len(),
-                    "header {name}: a value outside its buffer"
-                );
-            }
+    /// The block of `count` headers that starts at `*at` in `buf` (see [`HeaderList`]),
+    /// with `at` moved past it; `None` when `buf` does not hold that many.
+    pub(crate) fn block(buf: &Bytes, at: &mut usize, count: u32) -> Option<Headers> {
+        let start = *at;
+        for _ in 0..count {
+            field::read(buf, at)??;
+            field::read(buf, at)?;
         }
-        Headers(HeaderList::Places { buf, entries })
+        Some(Headers(HeaderList::Block {
+            buf: buf.slice(start..*at),
+            count,
+        }))
     }
 
     /// How many there are.
@@ -139,7 +134,7 @@ impl Headers {
     pub fn len(&self) -> usize {
         match &self.0 {
             HeaderList::Pairs(p) => p.len(),
-            HeaderList::Places { entries, .. } => entries.len(),
+            HeaderList::Block { count, .. } => *count as usize,
         }
     }
 
@@ -149,35 +144,36 @@ impl Headers {
         self.len() == 0
     }
 
-    /// Each header's name and value, in order.
+    /// Each header's name and value, in order. Names are UTF-8 as Kafka says, with
+    /// bytes that are not replaced (as [`header_name_of`] does).
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> + '_ {
-        (0..self.len()).map(|i| self.at(i))
+        self.raw().map(|(name, value)| (name_text(name), value))
     }
 
-    /// The header at place `i` (below [`len`](Self::len)).
-    fn at(&self, i: usize) -> (&str, Option<&[u8]>) {
+    /// Each header's name as bytes and value.
+    fn raw(&self) -> RawHeaders<'_> {
         match &self.0 {
-            HeaderList::Pairs(p) => (&*p[i].0, p[i].1.as_deref()),
-            HeaderList::Places { buf, entries } => {
-                let (name, place) = &entries[i];
-                let value = place.map(|(start, len)| &buf[start as usize..][..len as usize]);
-                (&**name, value)
-            }
+            HeaderList::Pairs(p) => RawHeaders::Pairs(p.iter()),
+            HeaderList::Block { buf, count } => RawHeaders::Block {
+                buf,
+                at: 0,
+                left: *count,
+            },
         }
     }
 
     /// The first header named `name` whose value is not null.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, v)| *n == name && v.is_some())
+        self.raw()
+            .find(|(n, v)| *n == name.as_bytes() && v.is_some())
             .and_then(|(_, v)| v)
     }
 
-    /// Whether the values are places in one buffer (rather than a slice each).
+    /// Whether the headers are a block of bytes (rather than a list).
     #[cfg(test)]
     pub(crate) fn held_in_one_buffer(&self) -> bool {
-        matches!(self.0, HeaderList::Places { .. })
+        matches!(self.0, HeaderList::Block { .. })
     }
 
     /// Each header's name and value, the values as `Bytes` (shared, not copied).
@@ -185,15 +181,103 @@ impl Headers {
     pub fn to_pairs(&self) -> Vec<(HeaderName, Option<Bytes>)> {
         match &self.0 {
             HeaderList::Pairs(p) => p.clone(),
-            HeaderList::Places { buf, entries } => entries
-                .iter()
-                .map(|(name, place)| {
-                    let value =
-                        place.map(|(start, len)| buf.slice(start as usize..(start + len) as usize));
-                    (name.clone(), value)
-                })
-                .collect(),
+            HeaderList::Block { buf, .. } => {
+                // The offset of a slice of `buf` in it.
+                let place = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
+                self.raw()
+                    .map(|(name, value)| {
+                        let value = value.map(|v| buf.slice(place(v)..place(v) + v.len()));
+                        (header_name_of(name), value)
+                    })
+                    .collect()
+            }
         }
+    }
+}
+
+/// A header name's bytes as text: UTF-8 as Kafka says, else a stand-in (never met from
+/// the transports, which check or replace names that are not).
+fn name_text(name: &[u8]) -> &str {
+    std::str::from_utf8(name).unwrap_or("\u{fffd}")
+}
+
+/// Headers as their names' bytes and values.
+enum RawHeaders<'a> {
+    Pairs(std::slice::Iter<'a, (HeaderName, Option<Bytes>)>),
+    Block { buf: &'a [u8], at: usize, left: u32 },
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RawHeaders::Pairs(p) => p.next().map(|(n, v)| (n.as_bytes(), v.as_deref())),
+            RawHeaders::Block { buf, at, left } => {
+                *left = left.checked_sub(1)?;
+                // Checked when the block was built: these reads succeed.
+                let name = field::read(buf, at)??;
+                let value = field::read(buf, at)?;
+                Some((&buf[name], value.map(|v| &buf[v])))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match self {
+            RawHeaders::Pairs(p) => p.len(),
+            RawHeaders::Block { left, .. } => *left as usize,
+        };
+        (n, Some(n))
+    }
+}
+
+/// The encoding of one field of bytes, as header blocks (and the kafka transport's
+/// chunks) hold it: a length `u32`, little-endian ([`NULL`](field::NULL) for null),
+/// then the bytes.
+pub(crate) mod field {
+    use std::ops::Range;
+
+    use bytes::{BufMut, BytesMut};
+
+    /// The length of a null field.
+    pub(crate) const NULL: u32 = u32::MAX;
+
+    /// Appends a field.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is 4 GiB or more (callers hold far less: librdkafka receives at
+    /// most 2 GiB in one response, `receive.message.max.bytes`).
+    pub(crate) fn put(out: &mut BytesMut, bytes: Option<&[u8]>) {
+        match bytes {
+            Some(b) => {
+                out.put_u32_le(
+                    u32::try_from(b.len())
+                        .ok()
+                        .filter(|&n| n != NULL)
+                        .expect("a field under 4 GiB"),
+                );
+                out.put_slice(b);
+            }
+            None => out.put_u32_le(NULL),
+        }
+    }
+
+    /// The field at `*at` in `buf`, with `at` moved past it: `Some(None)` for null,
+    /// `None` when `buf` ends first.
+    pub(crate) fn read(buf: &[u8], at: &mut usize) -> Option<Option<Range<usize>>> {
+        let len_end = at.checked_add(4).filter(|&e| e <= buf.len())?;
+        let len = u32::from_le_bytes(buf[*at..len_end].try_into().ok()?);
+        if len == NULL {
+            *at = len_end;
+            return Some(None);
+        }
+        let end = len_end
+            .checked_add(len as usize)
+            .filter(|&e| e <= buf.len())?;
+        *at = end;
+        Some(Some(len_end..end))
     }
 }
 
@@ -212,7 +296,7 @@ impl FromIterator<(HeaderName, Option<Bytes>)> for Headers {
 /// Equal when the names and values are, in order, however they are held.
 impl PartialEq for Headers {
     fn eq(&self, other: &Headers) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.len() == other.len() && self.raw().eq(other.raw())
     }
 }
 
@@ -288,7 +372,7 @@ pub fn header_name_of(name: &[u8]) -> HeaderName {
 
 /// `name` as one of the toolkit's own header names, compared as bytes (no UTF-8 check
 /// needed for a name that matches).
-pub(crate) fn known_header_name(name: &[u8]) -> Option<&'static str> {
+fn known_header_name(name: &[u8]) -> Option<&'static str> {
     KNOWN_HEADER_NAMES
         .iter()
         .find(|k| k.as_bytes() == name)
@@ -438,49 +522,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn headers_read_the_same_whether_sliced_or_held_in_one_buffer() {
-        let buf = Bytes::from_static(b"xthingab");
-        let places = Headers::over(
-            buf.clone(),
-            vec![
-                (header_name(headers::CE_TYPE), Some((1, 5))),
-                (header_name("dup"), None),
-                (header_name("dup"), Some((6, 1))),
-                (header_name("empty"), Some((8, 0))),
-            ],
-        );
-        let pairs = Headers::from(vec![
-            (
-                header_name(headers::CE_TYPE),
-                Some(Bytes::from_static(b"thing")),
-            ),
-            (header_name("dup"), None),
-            (header_name("dup"), Some(Bytes::from_static(b"a"))),
-            (header_name("empty"), Some(Bytes::new())),
-        ]);
-        assert!(places.held_in_one_buffer() && !pairs.held_in_one_buffer());
-        assert_eq!(places, pairs);
-        assert_eq!(places.len(), 4);
-        let listed: Vec<_> = places.iter().collect();
-        assert_eq!(
-            listed,
-            [
-                ("ce_type", Some(&b"thing"[..])),
-                ("dup", None),
-                ("dup", Some(&b"a"[..])),
-                ("empty", Some(&b""[..])),
-            ]
-        );
+    fn headers_read_the_same_whether_listed_or_held_in_one_block() {
+        let written: [(&str, Option<&[u8]>); 4] = [
+            (headers::CE_TYPE, Some(b"thing")),
+            ("dup", None),
+            ("dup", Some(b"a")),
+            ("empty", Some(b"")),
+        ];
+        let mut buf = bytes::BytesMut::from(&b"xy"[..]);
+        for (name, value) in written {
+            field::put(&mut buf, Some(name.as_bytes()));
+            field::put(&mut buf, value);
+        }
+        buf.extend_from_slice(b"after");
+        let buf = buf.freeze();
+        let mut at = 2;
+        let block = Headers::block(&buf, &mut at, 4).unwrap();
+        assert_eq!(&buf[at..], b"after", "the block ends where its headers do");
+        let pairs: Headers = written
+            .iter()
+            .map(|(n, v)| (header_name(n), v.map(Bytes::copy_from_slice)))
+            .collect();
+        assert!(block.held_in_one_buffer() && !pairs.held_in_one_buffer());
+        assert_eq!(block, pairs);
+        assert_eq!(block.len(), 4);
+        let listed: Vec<_> = block.iter().collect();
+        assert_eq!(listed, written);
         // The first one with a value, as `Record::header` says.
-        assert_eq!(places.get("dup"), Some(&b"a"[..]));
-        assert_eq!(places.get("missing"), None);
-        assert_eq!(places.to_pairs(), pairs.to_pairs());
-        assert_ne!(places, Headers::new());
+        assert_eq!(block.get("dup"), Some(&b"a"[..]));
+        assert_eq!(block.get("missing"), None);
+        assert_eq!(block.to_pairs(), pairs.to_pairs());
+        assert!(matches!(block.to_pairs()[0].0, Cow::Borrowed(_)));
+        assert_ne!(block, Headers::new());
         assert!(Headers::new().is_empty());
-        let caught = std::panic::catch_unwind(|| {
-            Headers::over(buf.clone(), vec![(header_name("x"), Some((5, 4)))])
-        });
-        assert!(caught.is_err(), "a place outside the buffer is refused");
+        // A block that is not whole is refused, wherever it is cut.
+        for cut in 3..at {
+            let short = buf.slice(..cut);
+            assert!(Headers::block(&short, &mut 2, 4).is_none(), "cut at {cut}");
+        }
+        // A null name is refused.
+        let mut null_name = bytes::BytesMut::new();
+        field::put(&mut null_name, None);
+        field::put(&mut null_name, Some(b"v"));
+        assert!(Headers::block(&null_name.freeze(), &mut 0, 1).is_none());
+        // A name that is not UTF-8 (no transport lets one through) reads as a stand-in.
+        let mut odd = bytes::BytesMut::new();
+        field::put(&mut odd, Some(b"\xff"));
+        field::put(&mut odd, None);
+        let odd = Headers::block(&odd.freeze(), &mut 0, 1).unwrap();
+        assert_eq!(odd.iter().next(), Some(("\u{fffd}", None)));
     }
 
     #[test]

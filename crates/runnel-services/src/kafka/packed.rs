@@ -18,7 +18,7 @@
 //! Layout of one record, integers little-endian: partition `i32`, offset `i64`,
 //! timestamp `i64`, then the topic, the key and the value as fields, a header count
 //! `u32` ([`UNREADABLE`] when the headers could not be read), and per header its name
-//! and value as fields. A field is a length `u32` ([`NULL`] for null) and the bytes.
+//! and value as fields. A field is a length `u32` ([`field::NULL`] for null) and the bytes.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,11 +26,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 
-use std::borrow::Cow;
-
-use crate::transport::{
-    HeaderName, Headers, Record, TopicPartition, UNREADABLE_HEADERS, header_name, known_header_name,
-};
+use crate::transport::field;
+use crate::transport::{Headers, Record, TopicPartition, UNREADABLE_HEADERS, header_name};
 
 /// The size of a chunk: a few hundred small records. Small enough that a record held
 /// long keeps little else alive.
@@ -39,9 +36,6 @@ pub(super) const CHUNK: usize = 64 * 1024;
 /// Below this much room left in its chunk, the next record starts a new chunk rather
 /// than growing the current one.
 const ROOM_MIN: usize = 4 * 1024;
-
-/// The length of a null field.
-const NULL: u32 = u32::MAX;
 
 /// The header count of a record whose headers could not be read: a header name that
 /// is not UTF-8 makes rdkafka's header access panic (any producer can send one).
@@ -93,8 +87,8 @@ impl Packer {
             let mut n = 0;
             if let Some(headers) = m.headers() {
                 for h in headers.iter() {
-                    put_field(c, Some(h.key.as_bytes()));
-                    put_field(c, h.value);
+                    field::put(c, Some(h.key.as_bytes()));
+                    field::put(c, h.value);
                     n += 1;
                 }
             }
@@ -118,9 +112,9 @@ impl Packer {
         c.put_i32_le(f.partition);
         c.put_i64_le(f.offset);
         c.put_i64_le(f.timestamp_ms);
-        put_field(c, Some(f.topic.as_bytes()));
-        put_field(c, f.key);
-        put_field(c, f.value);
+        field::put(c, Some(f.topic.as_bytes()));
+        field::put(c, f.key);
+        field::put(c, f.value);
         let count_at = c.len();
         c.put_u32_le(0);
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| headers(&mut *c)));
@@ -159,31 +153,12 @@ struct Fields<'a> {
     value: Option<&'a [u8]>,
 }
 
-fn put_field(c: &mut BytesMut, bytes: Option<&[u8]>) {
-    match bytes {
-        Some(b) => {
-            // librdkafka receives at most 2 GiB in one response
-            // (`receive.message.max.bytes`), so a field's length fits, below `NULL`.
-            c.put_u32_le(u32::try_from(b.len()).expect("a field under 2 GiB"));
-            c.put_slice(b);
-        }
-        None => c.put_u32_le(NULL),
-    }
-}
-
 /// Builds records out of [`Packed`] chunks: one per consumer, which keeps the topic
 /// names so a record costs no allocation for its topic.
 #[derive(Debug, Default)]
 pub(super) struct Unpacker {
     topics: Vec<Arc<str>>,
-    /// The toolkit's header names by their place in the last record that had them:
-    /// records of one producer repeat their names in the same order, so a name is
-    /// usually found with one comparison.
-    names: Vec<&'static str>,
 }
-
-/// Header places whose name [`Unpacker`] remembers.
-const NAMES_KEPT_MAX: usize = 32;
 
 /// A chunk that does not hold what [`Packer`] writes: a bug, never input.
 #[derive(Debug)]
@@ -221,19 +196,9 @@ impl Unpacker {
                 Some(Bytes::from_static(UNREADABLE_REASON.as_bytes())),
             )])
         } else {
-            // The values stay in the chunk: the record holds the chunk once for all of
-            // them.
-            let mut entries = Vec::with_capacity(count as usize);
-            for i in 0..count as usize {
-                let name = r.field()??;
-                let name = self.header_name(i, &r.chunk[name])?;
-                let place = match r.field()? {
-                    Some(v) => Some((u32::try_from(v.start).ok()?, u32::try_from(v.len()).ok()?)),
-                    None => None,
-                };
-                entries.push((name, place));
-            }
-            Headers::over(r.chunk.clone(), entries)
+            // The headers stay in the chunk, read where they lie when asked for: the
+            // record holds the chunk once for all of them.
+            Headers::block(r.chunk, &mut r.at, count)?
         };
         Some(Record {
             tp: TopicPartition { topic, partition },
@@ -243,26 +208,6 @@ impl Unpacker {
             value,
             headers,
         })
-    }
-
-    /// The name of the header at place `i` of a record: one of the toolkit's own names
-    /// costs no allocation and, at the place it had last time, one comparison.
-    fn header_name(&mut self, i: usize, name: &[u8]) -> Option<HeaderName> {
-        if let Some(k) = self.names.get(i).filter(|k| k.as_bytes() == name) {
-            return Some(Cow::Borrowed(*k));
-        }
-        match known_header_name(name) {
-            Some(k) => {
-                if i < NAMES_KEPT_MAX {
-                    if i >= self.names.len() {
-                        self.names.resize(i + 1, "");
-                    }
-                    self.names[i] = k;
-                }
-                Some(Cow::Borrowed(k))
-            }
-            None => Some(Cow::Owned(std::str::from_utf8(name).ok()?.to_owned())),
-        }
     }
 
     /// The topic named `name`, shared with the other records of this consumer.
@@ -297,10 +242,7 @@ impl Reading<'_> {
 
     /// A field: `Some(None)` for null, `None` when the chunk ends first.
     fn field(&mut self) -> Option<Option<Range<usize>>> {
-        match u32::from_le_bytes(self.array()?) {
-            NULL => Some(None),
-            n => self.take(n as usize).map(Some),
-        }
+        field::read(self.chunk, &mut self.at)
     }
 }
 
@@ -341,8 +283,8 @@ mod tests {
         };
         p.pack(&f, |c| {
             for (name, value) in &headers {
-                put_field(c, Some(name.as_bytes()));
-                put_field(c, *value);
+                field::put(c, Some(name.as_bytes()));
+                field::put(c, *value);
             }
             u32::try_from(headers.len()).unwrap()
         });
@@ -392,9 +334,9 @@ mod tests {
         }
         // The toolkit's names borrow statics; topics are shared between records.
         let pairs = out[0].headers.to_pairs();
-        assert!(matches!(pairs[0].0, Cow::Borrowed(_)));
-        assert!(matches!(pairs[1].0, Cow::Owned(_)));
-        // The values stay places in the chunk: one reference per record.
+        assert!(matches!(pairs[0].0, std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(pairs[1].0, std::borrow::Cow::Owned(_)));
+        // The headers stay a block of the chunk: one reference per record.
         assert!(out[0].headers.held_in_one_buffer());
         assert!(Arc::ptr_eq(&out[0].tp.topic, &out[1].tp.topic));
         // Nothing is left behind: the next take is empty.
@@ -456,7 +398,7 @@ mod tests {
     fn headers_that_cannot_be_read_mark_the_record_and_the_next_goes_on() {
         let mut p = Packer::default();
         p.pack(&fields("t", 1, Some(b"k"), Some(b"v")), |c| {
-            put_field(c, Some(b"half"));
+            field::put(c, Some(b"half"));
             panic!("rdkafka's header access on a name that is not UTF-8");
         });
         pack(
