@@ -27,6 +27,36 @@ use crate::table::TableRef;
 use crate::trace::TraceParent;
 use crate::transport::{BoxFuture, OutRecord, Record};
 
+/// A fetched record, held through the delivery it came in: a delivery's records share
+/// one allocation and one reference count, so holding a record costs no allocation of
+/// its own. A record held long (a slow handler, a parked retry) keeps its delivery's
+/// records alive with it; the runtime holds at most its limit of tracked records, and
+/// a record is held only inside the tracked window, so that is bounded too.
+#[derive(Clone)]
+pub(crate) struct HeldRecord {
+    delivery: Arc<Vec<Record>>,
+    at: usize,
+}
+
+impl HeldRecord {
+    /// Each record of `delivery`, held.
+    pub(crate) fn each(delivery: Vec<Record>) -> impl Iterator<Item = HeldRecord> {
+        let delivery = Arc::new(delivery);
+        (0..delivery.len()).map(move |at| HeldRecord {
+            delivery: delivery.clone(),
+            at,
+        })
+    }
+}
+
+impl Deref for HeldRecord {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.delivery[self.at]
+    }
+}
+
 /// Everything one handler invocation can reach.
 pub struct Context<S> {
     pub(crate) inv: Arc<Invocation>,
@@ -38,7 +68,7 @@ pub struct Context<S> {
 /// Metadata and trace are built on first use: a handler that takes neither (nor emits)
 /// costs no header parsing, and with no tracing subscriber listening nobody else asks.
 pub(crate) struct Invocation {
-    pub(crate) record: Arc<Record>,
+    pub(crate) record: HeldRecord,
     /// Which delivery of the record this is, from 1.
     attempt: u32,
     /// The record's metadata, from its headers.
@@ -57,7 +87,7 @@ pub(crate) struct Invocation {
 impl Invocation {
     /// An invocation of `record`; `seed` seeds its span ids.
     pub(crate) fn new(
-        record: Arc<Record>,
+        record: HeldRecord,
         attempt: u32,
         tables: Arc<TableSet>,
         service: Arc<str>,
@@ -320,4 +350,35 @@ where
 {
     let _ = PhantomData::<Args>;
     Arc::new(move |ctx: &Context<S>| h.call(ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Headers, TopicPartition};
+
+    #[test]
+    fn held_records_share_their_delivery_and_outlive_each_other() {
+        let delivery: Vec<Record> = (0..3)
+            .map(|offset| Record {
+                tp: TopicPartition::new("t", 0),
+                offset,
+                timestamp_ms: 0,
+                key: None,
+                value: Some(bytes::Bytes::from(format!("v{offset}"))),
+                headers: Headers::new(),
+            })
+            .collect();
+        let held: Vec<HeldRecord> = HeldRecord::each(delivery).collect();
+        assert_eq!(held.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(
+            held.windows(2)
+                .all(|w| Arc::ptr_eq(&w[0].delivery, &w[1].delivery)),
+            "one allocation for the delivery"
+        );
+        // One record kept after the others are gone still reads whole.
+        let last = held.into_iter().nth(2).unwrap();
+        assert_eq!(last.value.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(Arc::strong_count(&last.delivery), 1);
+    }
 }

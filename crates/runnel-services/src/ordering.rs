@@ -86,6 +86,14 @@ fn key_hash(key: Option<&[u8]>) -> u64 {
     x.max(1)
 }
 
+/// The unfinished records of one key, in offset order; never empty. Most keys have one
+/// at a time, held without an allocation.
+#[derive(Debug)]
+enum KeyQueue {
+    One(i64),
+    Many(VecDeque<i64>),
+}
+
 /// The ordering and commit state of one partition.
 #[derive(Debug, Default)]
 pub struct PartitionTracker {
@@ -101,7 +109,7 @@ pub struct PartitionTracker {
     /// them. Two keys with the same hash share a queue: they are then handled one at a
     /// time, in offset order, like one key; order is never broken, only concurrency lost,
     /// and for that the hashes of two of a partition's pending keys must collide.
-    keys: FxHashMap<u64, VecDeque<i64>>,
+    keys: FxHashMap<u64, KeyQueue>,
     /// Emptied key queues, reused for new keys.
     spare: Vec<VecDeque<i64>>,
     /// Records that may start now: waiting, and first unfinished of their key (a min-heap
@@ -155,15 +163,21 @@ impl PartitionTracker {
             assert!(offset > last, "offset {offset} pushed after {last}");
         }
         self.last_pushed = Some(offset);
-        let spare = &mut self.spare;
-        let queue = self
-            .keys
-            .entry(key)
-            .or_insert_with(|| spare.pop().unwrap_or_default());
-        if queue.is_empty() {
-            self.runnable.push(Reverse(offset));
+        match self.keys.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(KeyQueue::One(offset));
+                self.runnable.push(Reverse(offset));
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => match o.get_mut() {
+                KeyQueue::Many(q) => q.push_back(offset),
+                KeyQueue::One(first) => {
+                    let mut q = self.spare.pop().unwrap_or_default();
+                    q.push_back(*first);
+                    q.push_back(offset);
+                    o.insert(KeyQueue::Many(q));
+                }
+            },
         }
-        queue.push_back(offset);
         self.records.push_back((
             offset,
             Record {
@@ -211,17 +225,15 @@ impl PartitionTracker {
         let Some(queue) = self.keys.get_mut(&key) else {
             panic!("record {offset} has no key queue");
         };
-        assert_eq!(
-            queue.pop_front(),
-            Some(offset),
-            "record {offset} finished out of key order"
-        );
-        match queue.front() {
-            Some(&next) => {
-                self.runnable.push(Reverse(next));
-            }
-            None => {
-                if let Some(q) = self.keys.remove(&key)
+        let first = match queue {
+            KeyQueue::One(first) => *first,
+            KeyQueue::Many(q) => q.pop_front().expect("key queues are never empty"),
+        };
+        assert_eq!(first, offset, "record {offset} finished out of key order");
+        match queue {
+            KeyQueue::Many(q) if !q.is_empty() => self.runnable.push(Reverse(q[0])),
+            _ => {
+                if let Some(KeyQueue::Many(q)) = self.keys.remove(&key)
                     && self.spare.len() < SPARE_QUEUES_MAX
                 {
                     self.spare.push(q);

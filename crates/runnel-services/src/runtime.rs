@@ -48,7 +48,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, HandlerError};
 use crate::fxhash::FxHashMap;
-use crate::handler::{Context, ErasedHandler, Invocation, TableSet};
+use crate::handler::{Context, ErasedHandler, HeldRecord, Invocation, TableSet};
 use crate::metadata::headers;
 use crate::metrics::{Metrics, Snapshot};
 use crate::ordering::PartitionTracker;
@@ -757,12 +757,12 @@ impl Part {
 #[derive(Default)]
 struct Fetched {
     /// Offset and record; `None` once finished, until every record before it is too.
-    slots: VecDeque<(i64, Option<Arc<Record>>)>,
+    slots: VecDeque<(i64, Option<HeldRecord>)>,
 }
 
 impl Fetched {
     /// Adds the record at `offset`, above every offset held.
-    fn push(&mut self, offset: i64, record: Arc<Record>) {
+    fn push(&mut self, offset: i64, record: HeldRecord) {
         debug_assert!(self.slots.back().is_none_or(|s| s.0 < offset));
         self.slots.push_back((offset, Some(record)));
     }
@@ -778,7 +778,7 @@ impl Fetched {
         self.slots.binary_search_by_key(&offset, |s| s.0).ok()
     }
 
-    fn get(&self, offset: i64) -> Option<&Arc<Record>> {
+    fn get(&self, offset: i64) -> Option<&HeldRecord> {
         self.slots[self.place(offset)?].1.as_ref()
     }
 
@@ -983,19 +983,17 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         more
     }
 
-    fn route(&self, record: &Record) -> Option<ErasedHandler<S>> {
-        let of_topic = self.routes.get(&*record.tp.topic)?;
+    /// The handler of `record`'s type on its topic.
+    fn route<'a>(routes: &'a Routes<S>, record: &Record) -> Option<&'a ErasedHandler<S>> {
+        let of_topic = routes.get(&*record.tp.topic)?;
         match record.header(headers::CE_TYPE) {
-            Some(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|t| of_topic.get(t))
-                .cloned(),
+            Some(t) => std::str::from_utf8(t).ok().and_then(|t| of_topic.get(t)),
             None => {
                 // Records from producers that set no type (kcat, other tools): the
                 // topic's handler, when it has exactly one.
                 let mut handlers = of_topic.values();
                 match (handlers.next(), handlers.next()) {
-                    (Some(h), None) => Some(h.clone()),
+                    (Some(h), None) => Some(h),
                     _ => None,
                 }
             }
@@ -1011,7 +1009,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .clone();
         let generation = part.generation;
         let attempt = part.attempts.get(&offset).copied().unwrap_or(0) + 1;
-        if let Some(why) = record.header(crate::transport::UNREADABLE_HEADERS) {
+        // A transport marks a record whose headers it could not read with this one
+        // header in place of them.
+        if let Some(why) = (record.headers.len() == 1)
+            .then(|| record.header(crate::transport::UNREADABLE_HEADERS))
+            .flatten()
+        {
             let why = String::from_utf8_lossy(why).into_owned();
             return self.on_outcome(Outcome {
                 tp,
@@ -1022,7 +1025,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 ))),
             });
         }
-        let Some(handler) = self.route(&record) else {
+        let seed = self.rng.next_u64();
+        let Some(handler) = Self::route(&self.routes, &record) else {
             debug!(%tp, offset, "skipping a record of a type this service does not handle");
             self.inst
                 .metrics
@@ -1036,7 +1040,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             attempt,
             self.inst.tables.clone(),
             self.inst.name.clone(),
-            self.rng.next_u64(),
+            seed,
         ));
         // Building the span means parsing the record's headers for its type and trace;
         // skip that when no subscriber listens.
@@ -1356,7 +1360,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 self.inst.status.idle.store(false, Ordering::SeqCst);
                 // Records come in runs of one partition: look it up once per run.
                 let mut current: Option<(TopicPartition, Option<&mut Part>)> = None;
-                for r in records {
+                for r in HeldRecord::each(records) {
                     let same = current.as_ref().is_some_and(|(tp, _)| {
                         Arc::ptr_eq(&tp.topic, &r.tp.topic) && tp.partition == r.tp.partition
                             || *tp == r.tp
@@ -1372,7 +1376,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     }
                     part.last_pushed = r.offset;
                     part.tracker.push_key(r.offset, r.key.as_deref());
-                    part.records.push(r.offset, Arc::new(r));
+                    part.records.push(r.offset, r);
                 }
                 // Once per partition rather than per record: it takes a lock.
                 for (tp, part) in &self.parts {
@@ -1956,15 +1960,17 @@ fn apply_table_batch(
 mod tests {
     use super::*;
 
-    fn record(offset: i64) -> Arc<Record> {
-        Arc::new(Record {
+    fn record(offset: i64) -> HeldRecord {
+        HeldRecord::each(vec![Record {
             tp: TopicPartition::new("t", 0),
             offset,
             timestamp_ms: 0,
             key: None,
             value: None,
             headers: crate::transport::Headers::new(),
-        })
+        }])
+        .next()
+        .unwrap()
     }
 
     #[test]
