@@ -367,11 +367,11 @@ fn wait_visible<C: ClientContext>(client: &Client<C>, names: &[String]) -> Resul
 
 /// Fetch settings of every consumer (group members and readers), before the user's
 /// `extra`. librdkafka's defaults stand except where they starve a consumer that keeps
-/// up: once its local queue passes `queued.max.messages.kbytes` (64 MiB, about 150,000
-/// small records), a partition's next fetch waits `fetch.queue.backoff.ms` (1 s by
-/// default), longer than a fast consumer takes to empty the queue. `fetch.wait.max.ms`
-/// is the one `runnel bench consume` uses: a quiet partition's new records arrive within
-/// 100 ms.
+/// up: once a partition's local queue holds `queued.min.messages` (100,000 records) or
+/// `queued.max.messages.kbytes` (64 MiB), its next fetch waits `fetch.queue.backoff.ms`
+/// (1 s by default), longer than a fast consumer takes to empty the queue.
+/// `runnel bench consume` sets the same. `fetch.wait.max.ms` is the one `runnel bench
+/// consume` uses: a quiet partition's new records arrive within 100 ms.
 fn fetch_defaults(c: &mut ClientConfig) {
     c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);

@@ -112,9 +112,13 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn client_config(args: &BenchArgs) -> anyhow::Result<ClientConfig> {
+/// librdkafka's settings: `defaults`, then the user's `--set`s over them.
+fn client_config(args: &BenchArgs, defaults: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &args.bootstrap);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for kv in &args.set {
         let (k, v) = kv
             .split_once('=')
@@ -138,7 +142,7 @@ fn progress(args: &BenchArgs, verb: &str) -> ProgressBar {
 
 /// Creates the topic if it does not exist.
 pub async fn ensure_topic(args: &BenchArgs) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(args)?
+    let admin: AdminClient<DefaultClientContext> = client_config(args, &[])?
         .create()
         .context("cannot create an admin client")?;
     let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
@@ -204,7 +208,7 @@ pub fn produce(args: &BenchArgs) -> anyhow::Result<Report> {
         bytes: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let producer: ThreadedProducer<Ctx> = client_config(args)?
+    let producer: ThreadedProducer<Ctx> = client_config(args, &[])?
         .set("acks", &args.acks)
         .set("compression.type", &args.compression)
         .set("linger.ms", args.linger_ms.to_string())
@@ -266,7 +270,12 @@ pub fn produce(args: &BenchArgs) -> anyhow::Result<Report> {
 /// Reads the topic from the beginning of every partition, without a group, reporting
 /// end-to-end latency from the send times in the payloads.
 pub fn consume(args: &BenchArgs, from_end: bool, stop_early: &AtomicU64) -> anyhow::Result<Report> {
-    let consumer: BaseConsumer = client_config(args)?
+    // librdkafka's default `fetch.queue.backoff.ms` (1 s) stalls a consumer that keeps
+    // up: once a partition's local queue holds `queued.min.messages` (100,000 records)
+    // or `queued.max.messages.kbytes` (64 MiB), its next fetch waits a whole second,
+    // however soon the queue empties. Reading 500,000 small records, that cut the rate
+    // to less than half in some runs and not in others (BENCHMARKS.md, "Services").
+    let consumer: BaseConsumer = client_config(args, &[("fetch.queue.backoff.ms", "10")])?
         .set("group.id", "runnel-bench")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
