@@ -1361,10 +1361,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 // Records come in runs of one partition: look it up once per run.
                 let mut current: Option<(TopicPartition, Option<&mut Part>)> = None;
                 for r in HeldRecord::each(records) {
-                    let same = current.as_ref().is_some_and(|(tp, _)| {
-                        Arc::ptr_eq(&tp.topic, &r.tp.topic) && tp.partition == r.tp.partition
-                            || *tp == r.tp
-                    });
+                    let same = current
+                        .as_ref()
+                        .is_some_and(|(tp, _)| same_partition(tp, &r.tp));
                     if !same {
                         current = Some((r.tp.clone(), self.parts.get_mut(&r.tp)));
                     }
@@ -1795,9 +1794,16 @@ impl TableFeeder {
         records: Vec<Record>,
         routes: &Arc<HashMap<(&'static str, &'static str), Route>>,
     ) -> TableWrite {
+        // Records come in runs of one partition: one entry per run, not per record.
         let mut reached = HashMap::new();
-        for r in &records {
-            reached.insert(r.tp.clone(), r.offset + 1);
+        let mut runs = records.iter().peekable();
+        while let Some(r) = runs.next() {
+            if runs
+                .peek()
+                .is_none_or(|next| !same_partition(&next.tp, &r.tp))
+            {
+                reached.insert(r.tp.clone(), r.offset + 1);
+            }
         }
         let n = records.len();
         let store = self.store.clone();
@@ -1813,6 +1819,12 @@ impl TableFeeder {
             records: n,
         }
     }
+}
+
+/// Whether `a` and `b` are the same partition, for records that come in runs of one:
+/// the records of a run share their topic's name, so it is rarely compared.
+fn same_partition(a: &TopicPartition, b: &TopicPartition) -> bool {
+    a.partition == b.partition && (Arc::ptr_eq(&a.topic, &b.topic) || a.topic == b.topic)
 }
 
 /// Waits for a table write in flight, so that the store is quiet when the feeder ends.
@@ -1886,10 +1898,19 @@ fn apply_table_batch(
     let routes: &HashMap<(&str, &str), Route> = routes;
     let mut overlay: HashMap<Bytes, Option<Vec<u8>>> = HashMap::new();
     let mut reached: Vec<(&TopicPartition, i64)> = Vec::new();
+    // The route of the last record's type, and that type: records of one producer
+    // mostly share theirs.
+    let mut last_route: Option<(&TopicPartition, &[u8], &Route)> = None;
     for r in records {
-        match reached.iter_mut().find(|(tp, _)| *tp == &r.tp) {
+        match reached
+            .last_mut()
+            .filter(|(tp, _)| same_partition(tp, &r.tp))
+        {
             Some((_, next)) => *next = r.offset + 1,
-            None => reached.push((&r.tp, r.offset + 1)),
+            None => match reached.iter_mut().find(|(tp, _)| *tp == &r.tp) {
+                Some((_, next)) => *next = r.offset + 1,
+                None => reached.push((&r.tp, r.offset + 1)),
+            },
         }
         let Some(key) = &r.key else {
             // As in Kafka Streams, a table ignores records without a key.
@@ -1902,9 +1923,18 @@ fn apply_table_batch(
         };
         let topic = &*r.tp.topic;
         let route = match r.header(headers::CE_TYPE) {
-            Some(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|t| routes.get(&(topic, t))),
+            Some(t) => match last_route {
+                Some((tp, ty, route)) if Arc::ptr_eq(&tp.topic, &r.tp.topic) && ty == t => {
+                    Some(route)
+                }
+                _ => {
+                    let route = std::str::from_utf8(t)
+                        .ok()
+                        .and_then(|ty| routes.get(&(topic, ty)));
+                    last_route = route.map(|route| (&r.tp, t, route));
+                    route
+                }
+            },
             None => {
                 let mut of_topic = routes.iter().filter(|((t, _), _)| *t == topic);
                 match (of_topic.next(), of_topic.next()) {
@@ -1971,6 +2001,77 @@ mod tests {
         }])
         .next()
         .unwrap()
+    }
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    struct Set {
+        key: String,
+        n: i64,
+    }
+    crate::event!(Set, type = "set", topic = "nums", key = |e| e.key.clone());
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    struct Add {
+        key: String,
+        n: i64,
+    }
+    crate::event!(Add, type = "add", topic = "nums", key = |e| e.key.clone());
+
+    /// Two event types of one topic interleaved over two partitions: each record goes
+    /// to its own route, and each partition's offset is the one after its last record.
+    #[test]
+    fn a_table_batch_routes_each_type_and_records_each_partitions_end() {
+        let dir = std::env::temp_dir().join(format!(
+            "runnel-services-table-batch-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = runnel_state::Store::open(dir.join("state.redb")).unwrap();
+        let def = crate::table::TableDef::from(
+            crate::Table::<i64>::named("sums")
+                .upsert::<Set>(|e| Some(e.n))
+                .fold::<Add>(|cur, e| Some(cur.unwrap_or(0) + e.n)),
+        );
+        let trace = crate::TraceParent::new_root(&mut || 7);
+        let topic = TopicPartition::new("nums", 0).topic;
+        let record = |partition, offset, out: crate::transport::OutRecord| Record {
+            tp: TopicPartition {
+                topic: topic.clone(),
+                partition,
+            },
+            offset,
+            timestamp_ms: 0,
+            key: out.key.map(Bytes::from),
+            value: out.value.map(Bytes::from),
+            headers: out
+                .headers
+                .into_iter()
+                .map(|(k, v)| (crate::transport::header_name(&k), Some(Bytes::from(v))))
+                .collect(),
+        };
+        let set = |key: &str, n| crate::event_record(&Set { key: key.into(), n }, "i", "t", &trace);
+        let add = |key: &str, n| crate::event_record(&Add { key: key.into(), n }, "i", "t", &trace);
+        let records = vec![
+            record(0, 10, set("a", 5)),
+            record(0, 11, add("a", 2)),
+            record(1, 3, add("b", 4)),
+            record(1, 4, set("b", 1)),
+            record(0, 12, add("a", 3)),
+            record(1, 5, add("b", 6)),
+        ];
+        apply_table_batch(&store, "sums", &def.routes(), &records, &Metrics::default()).unwrap();
+        let get = |key: &str| {
+            store
+                .get("sums", key.as_bytes())
+                .unwrap()
+                .map(|v| serde_json::from_slice::<i64>(&v).unwrap())
+        };
+        assert_eq!((get("a"), get("b")), (Some(10), Some(7)));
+        let offsets = store.offsets("sums").unwrap();
+        assert_eq!(offsets.get(&("nums".to_string(), 0)), Some(&13));
+        assert_eq!(offsets.get(&("nums".to_string(), 1)), Some(&6));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
