@@ -85,11 +85,10 @@ pub struct Record {
 /// A record's headers, in order: each a name and a value (`None` for null).
 ///
 /// Built from a list of `(name, value)` pairs (`From`, `FromIterator`), or by a
-/// transport over a block of bytes that holds them all, encoded as [`field`]s: then
+/// transport over a block of bytes that holds them all as length-prefixed fields: then
 /// the record holds one reference to the block, not one per header, and a header is
-/// read where it lies when asked for (building no list per record: what the kafka
-/// transport's records cost before a handler needs them was most of the runtime's own
-/// work per record).
+/// read where it lies when asked for, so a record whose headers nobody reads costs no
+/// list of them.
 #[derive(Clone, Default)]
 pub struct Headers(HeaderList);
 
