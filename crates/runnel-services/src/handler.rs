@@ -25,26 +25,45 @@ use crate::error::HandlerError;
 use crate::metadata::{self, Metadata};
 use crate::table::TableRef;
 use crate::trace::TraceParent;
-use crate::transport::{BoxFuture, OutRecord, Record};
+use crate::transport::{BoxFuture, OutRecord, Record, same_partition};
 
-/// A fetched record, held through the delivery it came in: a delivery's records share
-/// one allocation and one reference count, so holding a record costs no allocation of
-/// its own. A record held long (a slow handler, a parked retry) keeps its delivery's
-/// records alive with it; the runtime holds at most its limit of tracked records, and
-/// a record is held only inside the tracked window, so that is bounded too.
+/// A fetched record, held through the run of its partition's records it came in: the
+/// records of a run share one allocation and one reference count, so holding a record
+/// costs no allocation of its own.
+///
+/// A record held long (a slow handler, a parked retry, a record waiting behind its key)
+/// keeps its run alive: records of its own partition, inside the partition's tracked
+/// window (which the runtime bounds anyway) but for at most one run before it (one
+/// delivery: 4,096 records on the toolkit's transports). Holding the whole delivery
+/// instead would let one parked record per delivery keep thousands of other
+/// partitions' records alive each.
 #[derive(Clone)]
 pub(crate) struct HeldRecord {
-    delivery: Arc<Vec<Record>>,
+    run: Arc<Vec<Record>>,
     at: usize,
 }
 
 impl HeldRecord {
-    /// Each record of `delivery`, held.
-    pub(crate) fn each(delivery: Vec<Record>) -> impl Iterator<Item = HeldRecord> {
-        let delivery = Arc::new(delivery);
-        (0..delivery.len()).map(move |at| HeldRecord {
-            delivery: delivery.clone(),
-            at,
+    /// Each record of `delivery`, in order, held by runs of one partition.
+    pub(crate) fn each(mut delivery: Vec<Record>) -> impl Iterator<Item = HeldRecord> {
+        let mut runs = Vec::new();
+        while let Some(last) = delivery.last() {
+            let start = delivery
+                .iter()
+                .rposition(|r| !same_partition(&r.tp, &last.tp))
+                .map_or(0, |i| i + 1);
+            let run = if start == 0 {
+                std::mem::take(&mut delivery)
+            } else {
+                delivery.split_off(start)
+            };
+            runs.push(Arc::new(run));
+        }
+        runs.into_iter().rev().flat_map(|run| {
+            (0..run.len()).map(move |at| HeldRecord {
+                run: run.clone(),
+                at,
+            })
         })
     }
 }
@@ -53,7 +72,7 @@ impl Deref for HeldRecord {
     type Target = Record;
 
     fn deref(&self) -> &Record {
-        &self.delivery[self.at]
+        &self.run[self.at]
     }
 }
 
@@ -358,27 +377,38 @@ mod tests {
     use crate::transport::{Headers, TopicPartition};
 
     #[test]
-    fn held_records_share_their_delivery_and_outlive_each_other() {
-        let delivery: Vec<Record> = (0..3)
-            .map(|offset| Record {
-                tp: TopicPartition::new("t", 0),
+    fn held_records_share_their_run_and_outlive_each_other() {
+        // Runs of one partition, as transports deliver them: p0, p1, p1, p0.
+        let delivery: Vec<Record> = [(0, 0), (1, 0), (1, 1), (0, 1)]
+            .into_iter()
+            .map(|(partition, offset)| Record {
+                tp: TopicPartition::new("t", partition),
                 offset,
                 timestamp_ms: 0,
                 key: None,
-                value: Some(bytes::Bytes::from(format!("v{offset}"))),
+                value: Some(bytes::Bytes::from(format!("v{partition}-{offset}"))),
                 headers: Headers::new(),
             })
             .collect();
         let held: Vec<HeldRecord> = HeldRecord::each(delivery).collect();
-        assert_eq!(held.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2]);
-        assert!(
-            held.windows(2)
-                .all(|w| Arc::ptr_eq(&w[0].delivery, &w[1].delivery)),
-            "one allocation for the delivery"
+        let order: Vec<_> = held.iter().map(|r| (r.tp.partition, r.offset)).collect();
+        assert_eq!(
+            order,
+            [(0, 0), (1, 0), (1, 1), (0, 1)],
+            "in the order delivered"
         );
-        // One record kept after the others are gone still reads whole.
-        let last = held.into_iter().nth(2).unwrap();
-        assert_eq!(last.value.as_deref(), Some(&b"v2"[..]));
-        assert_eq!(Arc::strong_count(&last.delivery), 1);
+        let shared = |a: usize, b: usize| Arc::ptr_eq(&held[a].run, &held[b].run);
+        assert!(shared(1, 2), "one allocation for a run");
+        assert!(
+            !shared(0, 1) && !shared(2, 3) && !shared(0, 3),
+            "one per run"
+        );
+        // One record kept after the others are gone still reads whole, and keeps only
+        // its own run.
+        let kept = held.into_iter().nth(2).unwrap();
+        assert_eq!(kept.value.as_deref(), Some(&b"v1-1"[..]));
+        assert_eq!(Arc::strong_count(&kept.run), 1);
+        assert_eq!(kept.run.len(), 2);
+        assert!(HeldRecord::each(Vec::new()).next().is_none());
     }
 }

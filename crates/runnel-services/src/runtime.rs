@@ -57,7 +57,8 @@ use crate::rng::SplitMix64;
 use crate::service::{Service, dead_letter_topic};
 use crate::table::{Route, TableDef, TableRef};
 use crate::transport::{
-    Delivery, GroupConsumer, MemberOptions, OutRecord, Record, TopicPartition, TopicSpec, Transport,
+    Delivery, GroupConsumer, MemberOptions, OutRecord, Record, TopicPartition, TopicSpec,
+    Transport, same_partition,
 };
 
 /// How long the poller waits for records before reporting idle, unless told otherwise.
@@ -1819,12 +1820,6 @@ impl TableFeeder {
             records: n,
         }
     }
-}
-
-/// Whether `a` and `b` are the same partition, for records that come in runs of one:
-/// the records of a run share their topic's name, so it is rarely compared.
-fn same_partition(a: &TopicPartition, b: &TopicPartition) -> bool {
-    a.partition == b.partition && (Arc::ptr_eq(&a.topic, &b.topic) || a.topic == b.topic)
 }
 
 /// Waits for a table write in flight, so that the store is quiet when the feeder ends.

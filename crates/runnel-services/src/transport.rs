@@ -59,6 +59,12 @@ impl TopicPartition {
     }
 }
 
+/// Whether `a` and `b` are the same partition, for records that come in runs of one:
+/// the records of a run share their topic's name, so it is rarely compared.
+pub(crate) fn same_partition(a: &TopicPartition, b: &TopicPartition) -> bool {
+    a.partition == b.partition && (Arc::ptr_eq(&a.topic, &b.topic) || a.topic == b.topic)
+}
+
 impl fmt::Display for TopicPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.topic, self.partition)
