@@ -186,16 +186,10 @@ impl Headers {
     pub fn to_pairs(&self) -> Vec<(HeaderName, Option<Bytes>)> {
         match &self.0 {
             HeaderList::Pairs(p) => p.clone(),
-            HeaderList::Block { buf, .. } => {
-                // The offset of a slice of `buf` in it.
-                let place = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
-                self.raw()
-                    .map(|(name, value)| {
-                        let value = value.map(|v| buf.slice(place(v)..place(v) + v.len()));
-                        (header_name_of(name), value)
-                    })
-                    .collect()
-            }
+            HeaderList::Block { buf, .. } => self
+                .raw()
+                .map(|(name, value)| (header_name_of(name), value.map(|v| buf.slice_ref(v))))
+                .collect(),
         }
     }
 }
