@@ -149,8 +149,8 @@ impl Headers {
         self.len() == 0
     }
 
-    /// Each header's name and value, in order. Names are UTF-8 as Kafka says, with
-    /// bytes that are not replaced (as [`header_name_of`] does).
+    /// Each header's name and value, in order. Names are UTF-8, as Kafka says; a name
+    /// that is not (no transport of this crate hands one over) reads as `"\u{fffd}"`.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> + '_ {
         self.raw().map(|(name, value)| (name_text(name), value))
     }
