@@ -18,15 +18,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Buf;
 use common::raw::{Client, framed, request_frame};
-use common::requests::{create_topic, fetch_values, log_end, produce_request, topic_name};
+use common::requests::{
+    create_topic, fetch_values, list_offsets_request, log_end, produce_request, topic_name,
+};
 use common::{TempDir, TestBroker};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProducerId,
-    ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProducerId, ResponseHeader,
 };
 use kafka_protocol::protocol::Decodable;
 use runnel_broker::SUPPORTED;
@@ -622,16 +622,7 @@ fn batches_with_lying_counts_are_refused_and_list_offsets_survives() {
         create_topic(&mut c, topic, 1, &[], CREATE_TOPICS_V);
         let p = produce_one(&mut c, topic, 0, &batch, -1);
         assert_eq!(p.error_code, INVALID_RECORD, "{topic}: {p:?}");
-        let mut part = ListOffsetsPartition::default();
-        part.partition_index = 0;
-        part.timestamp = 0;
-        let mut t = ListOffsetsTopic::default();
-        t.name = topic_name(topic);
-        t.partitions = vec![part];
-        let mut req = ListOffsetsRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.topics = vec![t];
-        let r = c.call(&req, LIST_OFFSETS_V);
+        let r = c.call(&list_offsets_request(topic, 0, 0), LIST_OFFSETS_V);
         assert_eq!(r.topics[0].partitions.len(), 1, "{topic}: {r:?}");
     }
     f.finish();

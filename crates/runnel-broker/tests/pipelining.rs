@@ -5,11 +5,10 @@
 mod common;
 
 use common::raw::Client;
-use common::requests::{produce_request, topic_name};
+use common::requests::{list_offsets_request, produce_request, topic_name};
 use common::*;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, MetadataRequest, ProduceRequest};
+use kafka_protocol::messages::{ListOffsetsRequest, MetadataRequest, ProduceRequest};
 use runnel_log::batch::build_batch;
 
 const METADATA_V: i16 = 4;
@@ -19,19 +18,6 @@ const LIST_OFFSETS_V: i16 = 7;
 fn produce(topic: &str, acks: i16, value: &[u8]) -> ProduceRequest {
     let batch = build_batch(&[(None, Some(value))], 1_700_000_000_000);
     produce_request(topic, 0, &batch, acks)
-}
-
-fn latest(topic: &str) -> ListOffsetsRequest {
-    let mut p = ListOffsetsPartition::default();
-    p.partition_index = 0;
-    p.timestamp = -1;
-    let mut t = ListOffsetsTopic::default();
-    t.name = topic_name(topic);
-    t.partitions = vec![p];
-    let mut r = ListOffsetsRequest::default();
-    r.replica_id = BrokerId(-1);
-    r.topics = vec![t];
-    r
 }
 
 #[test]
@@ -59,7 +45,7 @@ fn pipelined_produces_answer_in_order_and_a_later_list_offsets_sees_them_all() {
         let value = format!("record {i}");
         sent.push(c.send(&produce(topic, acks, value.as_bytes()), PRODUCE_V));
     }
-    let list = c.send(&latest(topic), LIST_OFFSETS_V);
+    let list = c.send(&list_offsets_request(topic, 0, -1), LIST_OFFSETS_V);
 
     for (i, correlation_id) in sent.into_iter().enumerate() {
         if i == SILENT {

@@ -125,21 +125,31 @@ pub fn fetch_values(
         .collect()
 }
 
-/// A partition's log end offset, from ListOffsets (v7) with the LATEST timestamp; the
-/// answer must carry no error.
-pub fn log_end(c: &mut Client, topic: &str, partition: i32) -> i64 {
+/// A consumer's ListOffsets for one partition at `timestamp` (-1: the log end, -2: the
+/// log start, else the first offset at or after that time).
+pub fn list_offsets_request(
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+) -> kafka_protocol::messages::ListOffsetsRequest {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::{BrokerId, ListOffsetsRequest};
     let mut p = ListOffsetsPartition::default();
     p.partition_index = partition;
-    p.timestamp = -1;
+    p.timestamp = timestamp;
     let mut t = ListOffsetsTopic::default();
     t.name = topic_name(topic);
     t.partitions = vec![p];
     let mut req = ListOffsetsRequest::default();
     req.replica_id = BrokerId(-1);
     req.topics = vec![t];
-    let r = c.call(&req, 7);
+    req
+}
+
+/// A partition's log end offset, from ListOffsets (v7) with the LATEST timestamp; the
+/// answer must carry no error.
+pub fn log_end(c: &mut Client, topic: &str, partition: i32) -> i64 {
+    let r = c.call(&list_offsets_request(topic, partition, -1), 7);
     let p = &r.topics[0].partitions[0];
     assert_eq!(p.error_code, 0, "{r:?}");
     p.offset
